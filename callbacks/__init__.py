@@ -1,0 +1,1 @@
+"""Lightning callbacks: metrics (torchmetrics, DDP-synced) and writers."""

@@ -1,0 +1,286 @@
+"""ConceptIndex: a dataset's concept annotations as a sparse pixel->concept incidence.
+
+Dense masks of every concept over a dataset do not fit in memory (Broden/ADE: 333 GB as bool), so the
+annotations are stored once, deduplicated, as
+
+* ``pixel_offsets`` (E,) int64: flat positions ``image * H + y * sw + x`` on the (sh, sw) mask grid,
+  sorted, with ``image_ptr`` (N+1,) giving each image's slice (CSR over images);
+* ``pixel_concepts`` (E,) int64: the dense concept id (0..C-1) at that position. A (position, concept)
+  pair occurs at most once, so a label present in two part planes is counted once (compexp/CCE OR);
+* ``image_concepts`` (N, C) bool: image-level labels (Broden scene, texture) that cover the whole image.
+
+From it, the intersection of any dataset bitmap with *every* concept is one sparse product, which is what
+NetDissect's tally and the exact compositional search (dissection.md §3.7) need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ConceptIndex"]
+
+
+@dataclass
+class ConceptIndex:
+    """Sparse concept annotations of N images on an (sh, sw) grid; see the module docstring.
+
+    Args:
+        pixel_offsets: (E,) int64 flat positions, sorted ascending.
+        pixel_concepts: (E,) int64 concept ids aligned with ``pixel_offsets``.
+        image_concepts: (N, C) bool image-level concept presence.
+        mask_shape: (sh, sw) of the annotation grid.
+    """
+
+    pixel_offsets: torch.Tensor
+    pixel_concepts: torch.Tensor
+    image_concepts: torch.Tensor
+    mask_shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        self.pixel_offsets = torch.as_tensor(self.pixel_offsets, dtype=torch.int64)
+        self.pixel_concepts = torch.as_tensor(self.pixel_concepts, dtype=torch.int64)
+        self.image_concepts = torch.as_tensor(self.image_concepts, dtype=torch.bool)
+        self.mask_shape = (int(self.mask_shape[0]), int(self.mask_shape[1]))
+        if self.pixel_offsets.shape != self.pixel_concepts.shape:
+            raise ValueError("pixel_offsets and pixel_concepts must have the same shape")
+        if self.pixel_offsets.numel() and bool((self.pixel_offsets[1:] < self.pixel_offsets[:-1]).any()):
+            order = torch.argsort(self.pixel_offsets, stable=True)
+            self.pixel_offsets, self.pixel_concepts = self.pixel_offsets[order], self.pixel_concepts[order]
+        n = self.num_images
+        image_of_entry = self.pixel_offsets // self.pixel_size
+        if self.pixel_offsets.numel() and bool(self.image_concepts.any()):
+            # an image-level label already covers the whole image: drop its pixel entries so nothing counts twice
+            covered = self.image_concepts[image_of_entry, self.pixel_concepts]
+            if bool(covered.any()):
+                keep = ~covered
+                self.pixel_offsets, self.pixel_concepts = self.pixel_offsets[keep], self.pixel_concepts[keep]
+                image_of_entry = image_of_entry[keep]
+        if self.pixel_offsets.numel() and int(image_of_entry[-1]) >= n:
+            raise ValueError("pixel_offsets point past the last image")
+        self.image_ptr = torch.zeros(n + 1, dtype=torch.int64)
+        self.image_ptr[1:] = torch.cumsum(torch.bincount(image_of_entry, minlength=n), 0)
+        self._image_areas: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_images(self) -> int:
+        return int(self.image_concepts.shape[0])
+
+    @property
+    def num_concepts(self) -> int:
+        return int(self.image_concepts.shape[1])
+
+    @property
+    def pixel_size(self) -> int:
+        """H = sh * sw, pixels per image on the mask grid."""
+        return self.mask_shape[0] * self.mask_shape[1]
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_dense(cls, masks: torch.Tensor, image_concepts: torch.Tensor | None = None) -> "ConceptIndex":
+        """Build from dense masks (N, C, sh, sw) bool (tests, small worlds). Image-level concepts given apart."""
+        n, c, sh, sw = masks.shape
+        img, con, pix = masks.reshape(n, c, sh * sw).nonzero(as_tuple=True)
+        offsets = img * (sh * sw) + pix
+        order = torch.argsort(offsets * c + con)
+        if image_concepts is None:
+            image_concepts = torch.zeros(n, c, dtype=torch.bool)
+        return cls(offsets[order], con[order], image_concepts, (sh, sw))
+
+    @classmethod
+    def from_label_planes(
+        cls,
+        planes: list[np.ndarray],
+        image_labels: list[list[int]],
+        label_to_concept: np.ndarray,
+        num_concepts: int,
+        mask_shape: tuple[int, int],
+    ) -> "ConceptIndex":
+        """Build from per-image label planes as Broden stores them.
+
+        Args:
+            planes: per image, an int array (P_i, sh, sw) of global label ids (0 = none); P_i may be 0.
+            image_labels: per image, its image-level global label ids.
+            label_to_concept: (max_label+1,) int array, global id -> dense concept id, -1 when not in the vocabulary.
+            num_concepts: C.
+            mask_shape: (sh, sw).
+        """
+        sh, sw = mask_shape
+        h = sh * sw
+        offsets, concepts = [], []
+        image_concepts = np.zeros((len(planes), num_concepts), dtype=bool)
+        lut = np.asarray(label_to_concept, dtype=np.int64)
+        for i, (p, labels) in enumerate(zip(planes, image_labels)):
+            for lab in labels:
+                if 0 < lab < len(lut) and lut[lab] >= 0:
+                    image_concepts[i, lut[lab]] = True
+            if p is None or len(p) == 0:
+                continue
+            p = np.asarray(p).reshape(-1, h)
+            p = np.where(p < len(lut), p, 0)
+            con = lut[p]  # (P, h)
+            pos = np.broadcast_to(np.arange(h), con.shape)
+            keep = con >= 0
+            key = np.unique(pos[keep] * num_concepts + con[keep])  # dedup planes, sorted by pixel then concept
+            offsets.append(i * h + key // num_concepts)
+            concepts.append(key % num_concepts)
+        cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64))
+        return cls(torch.from_numpy(cat(offsets)), torch.from_numpy(cat(concepts)), torch.from_numpy(image_concepts), (sh, sw))
+
+    # ------------------------------------------------------------------ totals
+    def concept_areas(self) -> torch.Tensor:
+        """(C,) int64: total annotated pixels per concept; an image-level label counts H pixels per image."""
+        pix = torch.bincount(self.pixel_concepts, minlength=self.num_concepts)
+        return pix + self.image_concepts.sum(0).to(torch.int64) * self.pixel_size
+
+    def image_areas(self) -> torch.Tensor:
+        """(N, C) int32: annotated pixels per (image, concept), image-level labels as H. Cached."""
+        if self._image_areas is None:
+            img = self.pixel_offsets // self.pixel_size
+            flat = torch.bincount(img * self.num_concepts + self.pixel_concepts, minlength=self.num_images * self.num_concepts)
+            areas = flat.view(self.num_images, self.num_concepts)
+            areas = torch.where(self.image_concepts, torch.full_like(areas, self.pixel_size), areas)
+            self._image_areas = areas.to(torch.int32)
+        return self._image_areas
+
+    def concept_image_counts(self) -> torch.Tensor:
+        """(C,) int64: number of images in which each concept occurs."""
+        return (self.image_areas() > 0).sum(0).to(torch.int64)
+
+    # ------------------------------------------------------------------ slicing
+    def _entries(self, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Entries of the given images: (local image position b, pixel within image, concept)."""
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        starts, ends = self.image_ptr[image_ids], self.image_ptr[image_ids + 1]
+        counts = ends - starts
+        total = int(counts.sum())
+        if total == 0:
+            z = torch.zeros(0, dtype=torch.int64)
+            return z, z, z
+        b = torch.repeat_interleave(torch.arange(len(image_ids)), counts)
+        first = torch.repeat_interleave(starts - torch.cumsum(counts, 0) + counts, counts)
+        e = first + torch.arange(total)
+        return b, self.pixel_offsets[e] % self.pixel_size, self.pixel_concepts[e]
+
+    def dense_masks(self, image_ids: torch.Tensor, concepts: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense masks (B, C', sh, sw) bool of the given images for the given concepts (all when None)."""
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        concepts = torch.arange(self.num_concepts) if concepts is None else torch.as_tensor(concepts, dtype=torch.int64)
+        lut = torch.full((self.num_concepts,), -1, dtype=torch.int64)
+        lut[concepts] = torch.arange(len(concepts))
+        out = torch.zeros(len(image_ids), len(concepts), self.pixel_size, dtype=torch.bool)
+        b, pix, con = self._entries(image_ids)
+        k = lut[con]
+        keep = k >= 0
+        out[b[keep], k[keep], pix[keep]] = True
+        img_level = self.image_concepts[image_ids][:, concepts]  # (B, C')
+        out |= img_level[:, :, None]
+        return out.view(len(image_ids), len(concepts), *self.mask_shape)
+
+    # ------------------------------------------------------------------ intersections
+    def intersections(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, max_elements: int = 1 << 26) -> torch.Tensor:
+        """Pixel intersections of unit bitmaps with every concept, summed over the given images.
+
+        One sparse (C x B*H) by dense (B*H x U) product, chunked over units so that the dense operand stays
+        under ``max_elements`` floats. Exact: every partial sum is an integer below 2**24.
+
+        Args:
+            bitmaps: (B, U, H) bool (or (B, U, sh, sw)), one bitmap per image and unit on the mask grid.
+            image_ids: (B,) dataset indices of the images.
+
+        Returns:
+            (U, C) int64 with ``out[u, c] = sum_b |bitmap[b, u] & mask_c[b]|``.
+        """
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        bsz, units = bitmaps.shape[0], bitmaps.shape[1]
+        if bsz * self.pixel_size >= 1 << 24:
+            raise ValueError("intersections: pass at most 2**24 pixels per call (split the batch)")
+        flat = bitmaps.reshape(bsz, units, self.pixel_size)
+        out = torch.zeros(units, self.num_concepts, dtype=torch.int64)
+        b, pix, con = self._entries(image_ids)
+        if b.numel():
+            order = torch.argsort(con, stable=True)
+            rows = torch.zeros(self.num_concepts + 1, dtype=torch.int64)
+            rows[1:] = torch.cumsum(torch.bincount(con, minlength=self.num_concepts), 0)
+            cols = (b * self.pixel_size + pix)[order]
+            incidence = torch.sparse_csr_tensor(
+                rows, cols, torch.ones(len(cols), dtype=torch.float32), size=(self.num_concepts, bsz * self.pixel_size)
+            )
+            step = max(1, max_elements // (bsz * self.pixel_size))
+            for u0 in range(0, units, step):
+                dense = flat[:, u0 : u0 + step].permute(0, 2, 1).reshape(bsz * self.pixel_size, -1).to(torch.float32)
+                out[u0 : u0 + step] = (incidence @ dense).T.round().to(torch.int64)
+        img_level = self.image_concepts[image_ids]  # (B, C)
+        if bool(img_level.any()):
+            areas = flat.sum(-1).to(torch.float64)  # (B, U)
+            out += (areas.T @ img_level.to(torch.float64)).round().to(torch.int64)
+        return out
+
+    def per_image_intersections(self, bitmaps: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+        """(B, U, C) int64 ``|bitmap[b, u] & mask_c[b]|`` per image (for per-sample metrics and heuristics).
+
+        Memory is O(B * U * C); call it with few units (a formula's bitmap, a handful of units).
+        """
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        bsz, units = bitmaps.shape[0], bitmaps.shape[1]
+        flat = bitmaps.reshape(bsz, units, self.pixel_size)
+        b, pix, con = self._entries(image_ids)
+        out = torch.zeros(bsz * self.num_concepts, units, dtype=torch.int64)
+        if b.numel():
+            key = b * self.num_concepts + con
+            for u in range(units):  # units are few here; each step is one vectorised scatter over all entries
+                out[:, u] = torch.bincount(key[flat[b, u, pix]], minlength=bsz * self.num_concepts)
+        out = out.view(bsz, self.num_concepts, units).permute(0, 2, 1).contiguous()
+        img_level = self.image_concepts[image_ids]  # (B, C)
+        if bool(img_level.any()):
+            areas = flat.sum(-1).to(torch.int64)  # (B, U)
+            out = torch.where(img_level[:, None, :], areas[:, :, None], out)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def fingerprint(self) -> str:
+        """Content hash, used in cache keys of everything derived from this index."""
+        h = hashlib.sha256()
+        for t in (self.pixel_offsets, self.pixel_concepts, self.image_concepts):
+            h.update(t.numpy().tobytes())
+        h.update(repr(self.mask_shape).encode())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temporary file + rename): a killed run never leaves a readable half file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    pixel_offsets=self.pixel_offsets.numpy(),
+                    pixel_concepts=self.pixel_concepts.numpy().astype(np.int32),
+                    image_concepts=np.packbits(self.image_concepts.numpy(), axis=1),
+                    num_concepts=np.int64(self.num_concepts),
+                    mask_shape=np.asarray(self.mask_shape, dtype=np.int64),
+                )
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ConceptIndex":
+        with np.load(path) as z:
+            c = int(z["num_concepts"])
+            img = np.unpackbits(z["image_concepts"], axis=1, count=c).astype(bool)
+            return cls(
+                torch.from_numpy(z["pixel_offsets"].astype(np.int64)),
+                torch.from_numpy(z["pixel_concepts"].astype(np.int64)),
+                torch.from_numpy(img),
+                tuple(int(x) for x in z["mask_shape"]),
+            )
