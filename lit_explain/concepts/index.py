@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import numpy as np
 import torch
 
 __all__ = ["ConceptIndex"]
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 @dataclass
@@ -211,7 +214,7 @@ class ConceptIndex:
             rows[1:] = torch.cumsum(torch.bincount(con, minlength=self.num_concepts), 0)
             cols = (b * self.pixel_size + pix)[order]
             incidence = torch.sparse_csr_tensor(
-                rows, cols, torch.ones(len(cols), dtype=torch.float32), size=(self.num_concepts, bsz * self.pixel_size)
+                rows, cols, torch.ones(len(cols), dtype=torch.float32), size=(self.num_concepts, bsz * self.pixel_size), check_invariants=False
             )
             step = max(1, max_elements // (bsz * self.pixel_size))
             for u0 in range(0, units, step):
@@ -243,6 +246,40 @@ class ConceptIndex:
             areas = flat.sum(-1).to(torch.int64)  # (B, U)
             out = torch.where(img_level[:, None, :], areas[:, :, None], out)
         return out
+
+    def category_hits(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, concept_category: torch.Tensor,
+                      num_categories: int) -> torch.Tensor:
+        """(B, U, K) bool: whether a bitmap covers some pixel of a concept of category k in that image.
+
+        Image-level concepts of category k count when present in the image. This is NetDissect-Lite's
+        per-image category presence under the activation, used for its category-restricted union.
+
+        Args:
+            bitmaps: (B, U, H) bool unit bitmaps.
+            image_ids: (B,) dataset indices.
+            concept_category: (C,) int64 category code of each concept.
+            num_categories: K.
+        """
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        concept_category = torch.as_tensor(concept_category, dtype=torch.int64)
+        bsz, units = bitmaps.shape[0], bitmaps.shape[1]
+        flat = bitmaps.reshape(bsz, units, self.pixel_size)
+        hits = torch.zeros(bsz * num_categories, units, dtype=torch.float32)
+        b, pix, con = self._entries(image_ids)
+        if b.numel():
+            rows = b * num_categories + concept_category[con]
+            cols = b * self.pixel_size + pix
+            key = torch.unique(rows * (bsz * self.pixel_size) + cols)  # one entry per (image, category, pixel)
+            rows, cols = key // (bsz * self.pixel_size), key % (bsz * self.pixel_size)
+            incidence = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(rows)),
+                                                (bsz * num_categories, bsz * self.pixel_size),
+                                                check_invariants=False).to_sparse_csr()
+            hits = incidence @ flat.permute(0, 2, 1).reshape(bsz * self.pixel_size, units).to(torch.float32)
+        out = hits.view(bsz, num_categories, units).permute(0, 2, 1) > 0
+        img_level = self.image_concepts[image_ids].to(torch.float32)  # (B, C)
+        onehot = torch.nn.functional.one_hot(concept_category, num_categories).to(torch.float32)  # (C, K)
+        img_cat = (img_level @ onehot) > 0  # (B, K)
+        return out | img_cat[:, None, :]
 
     # ------------------------------------------------------------------ persistence
     def fingerprint(self) -> str:

@@ -1,0 +1,160 @@
+"""ActivationStore: a content-addressed, memory-mapped, atomically committed cache of layer activations.
+
+Every dissection-style method needs the same thing first: the activations (N, U, h, w) of one layer over a
+dataset. They are computed once and shared by every method and run whose inputs are identical. The key is a
+hash of everything that changes the numbers: the model (architecture and a hash of its weights), the layer,
+the dataset (rows and files), the input transform, the storage dtype and :data:`CODE_VERSION`.
+
+Layout under ``root``::
+
+    <key>/acts.bin     raw (N, U, h, w) array in the storage dtype (float16 by default), C order
+    <key>/maxes.bin    raw (N, U) float32 per-image maximum of each unit (for top images)
+    <key>/meta.json    shape, dtype, key parts; written last: its presence marks a complete entry
+
+An entry is built in ``<key>.partial/`` and renamed into place only when every row has been written, so a run
+that is killed leaves nothing that :meth:`ActivationStore.get` would return. Several processes of one DDP run
+write disjoint rows of the same partial entry (global dataset indices), which needs a filesystem shared by the
+ranks (true for single-machine DDP and for clusters with a shared work directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CODE_VERSION", "ActivationStore", "ActivationEntry", "ActivationWriter", "cache_key"]
+
+#: Bumped whenever the meaning of stored activations changes, which invalidates every cached entry.
+CODE_VERSION = "1"
+
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def cache_key(**parts: Any) -> str:
+    """A short stable hash of the key parts (JSON with sorted keys), plus CODE_VERSION."""
+    payload = json.dumps({**parts, "code_version": CODE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@dataclass
+class ActivationEntry:
+    """A committed cache entry: read-only memory maps of the activations and per-image maxima."""
+
+    path: Path
+    acts: np.memmap  # (N, U, h, w)
+    maxes: np.memmap  # (N, U) float32
+    meta: dict
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.acts.shape)
+
+    def rows(self, indices: np.ndarray | torch.Tensor | slice) -> torch.Tensor:
+        """Activations of the given images as a float32 tensor (B, U, h, w)."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.numpy()
+        return torch.from_numpy(np.asarray(self.acts[indices], dtype=np.float32))
+
+
+class ActivationWriter:
+    """Fills a partial entry row by row; :meth:`commit` publishes it atomically.
+
+    Args:
+        store: the owning store.
+        key: the entry key.
+        shape: (N, U, h, w).
+        dtype: storage dtype name, ``float16`` or ``float32``.
+        create: True on exactly one process (it allocates the files); the others attach with ``create=False``
+            after a barrier.
+        meta: key parts recorded in meta.json.
+    """
+
+    def __init__(self, store: "ActivationStore", key: str, shape: tuple[int, ...], dtype: str = "float16",
+                 create: bool = True, meta: dict | None = None) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"activation dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.store, self.key, self.shape, self.dtype = store, key, tuple(int(s) for s in shape), dtype
+        self.meta = dict(meta or {})
+        self.partial = store.root / f"{key}.partial"
+        mode = "r+"
+        if create:
+            if self.partial.exists():
+                shutil.rmtree(self.partial)  # leftovers of a killed run are never trusted
+            self.partial.mkdir(parents=True)
+            mode = "w+"
+        self.acts = np.memmap(self.partial / "acts.bin", dtype=_DTYPES[dtype], mode=mode, shape=self.shape)
+        self.maxes = np.memmap(self.partial / "maxes.bin", dtype=np.float32, mode=mode, shape=self.shape[:2])
+
+    def write(self, indices: torch.Tensor, acts: torch.Tensor) -> None:
+        """Store activations (B, U, h, w) of the images with dataset indices (B,)."""
+        idx = torch.as_tensor(indices).cpu().numpy()
+        a = acts.detach().to("cpu", torch.float32)
+        self.acts[idx] = a.numpy().astype(_DTYPES[self.dtype])
+        # maxima of the stored (rounded) values, so thresholds and top images agree with what is read back
+        stored = torch.from_numpy(np.asarray(self.acts[idx], dtype=np.float32))
+        self.maxes[idx] = stored.flatten(2).amax(-1).numpy()
+
+    def flush(self) -> None:
+        self.acts.flush()
+        self.maxes.flush()
+
+    def commit(self) -> ActivationEntry:
+        """Flush, write meta.json and rename the partial entry into place (call on one process only)."""
+        self.flush()
+        meta = {**self.meta, "key": self.key, "shape": list(self.shape), "dtype": self.dtype,
+                "code_version": CODE_VERSION}
+        tmp = self.partial / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, self.partial / "meta.json")
+        final = self.store.root / self.key
+        if final.exists():  # another run committed the same content meanwhile: keep theirs
+            shutil.rmtree(self.partial)
+        else:
+            os.replace(self.partial, final)
+        entry = self.store.get(self.key)
+        assert entry is not None
+        return entry
+
+
+class ActivationStore:
+    """Content-addressed activation cache; see the module docstring.
+
+    Args:
+        root: folder of the cache entries.
+    """
+
+    def __init__(self, root: str | os.PathLike = "cache/activations") -> None:
+        self.root = Path(root)
+
+    def get(self, key: str) -> ActivationEntry | None:
+        """The committed entry for ``key``, or None when absent or incomplete."""
+        path = self.root / key
+        meta_path = path / "meta.json"
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            shape = tuple(meta["shape"])
+            dtype = _DTYPES[meta["dtype"]]
+            expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if (path / "acts.bin").stat().st_size != expected:
+                return None
+            acts = np.memmap(path / "acts.bin", dtype=dtype, mode="r", shape=shape)
+            maxes = np.memmap(path / "maxes.bin", dtype=np.float32, mode="r", shape=shape[:2])
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return None
+        return ActivationEntry(path, acts, maxes, meta)
+
+    def writer(self, key: str, shape: tuple[int, ...], dtype: str = "float16", create: bool = True,
+               meta: dict | None = None) -> ActivationWriter:
+        """Open a partial entry for writing (see :class:`ActivationWriter`)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return ActivationWriter(self, key, shape, dtype, create=create, meta=meta)

@@ -1,0 +1,1 @@
+"""Metrics: torchmetrics Metric classes (DDP-summable states) with functional twins in ``functional/``."""

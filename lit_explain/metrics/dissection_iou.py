@@ -1,0 +1,67 @@
+"""DissectionIoU: the NetDissect unit x concept IoU tally as a torchmetrics Metric (DDP-summable states)."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+from lit_explain.concepts.index import ConceptIndex
+from lit_explain.metrics.functional.dissection_iou import dissection_iou
+
+__all__ = ["DissectionIoU"]
+
+
+class DissectionIoU(Metric):
+    """Accumulates intersections and areas of unit bitmaps with every concept; ``compute`` gives (U, C) IoU.
+
+    Every state is a sum, so the result is the same for any number of processes, as long as each image is
+    seen exactly once (the predict loop's unpadded sampler guarantees it).
+
+    Args:
+        num_units: U.
+        num_concepts: C.
+        concept_category: optional (C,) category codes; enables NetDissect-Lite's category-restricted union.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, num_units: int, num_concepts: int, concept_category: torch.Tensor | None = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_units, self.num_concepts = num_units, num_concepts
+        self.concept_category = None if concept_category is None else torch.as_tensor(concept_category, dtype=torch.int64)
+        k = 0 if self.concept_category is None else int(self.concept_category.max()) + 1
+        self.num_categories = k
+        self.add_state("intersection", torch.zeros(num_units, num_concepts, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("unit_area", torch.zeros(num_units, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("concept_area", torch.zeros(num_concepts, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("unit_category_area", torch.zeros(num_units, max(k, 1), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("num_images", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, index: ConceptIndex) -> None:
+        """Add a batch.
+
+        Args:
+            bitmaps: (B, U, H) or (B, U, sh, sw) bool unit bitmaps on the index's mask grid.
+            image_ids: (B,) dataset indices of the images.
+            index: the dataset's concept index.
+        """
+        flat = bitmaps.reshape(bitmaps.shape[0], bitmaps.shape[1], -1)
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64).cpu()
+        areas = flat.sum(-1).to(torch.int64)  # (B, U)
+        self.intersection += index.intersections(flat, image_ids).to(self.intersection.device)
+        self.unit_area += areas.sum(0).to(self.unit_area.device)
+        self.concept_area += index.image_areas()[image_ids].to(torch.int64).sum(0).to(self.concept_area.device)
+        self.num_images += len(image_ids)
+        if self.concept_category is not None:
+            hits = index.category_hits(flat, image_ids, self.concept_category, self.num_categories)  # (B, U, K)
+            self.unit_category_area += (hits.to(torch.int64) * areas[:, :, None]).sum(0).to(self.unit_category_area.device)
+
+    def compute(self) -> torch.Tensor:
+        """(U, C) float64 dataset-level IoU."""
+        if self.concept_category is not None:
+            return dissection_iou(self.intersection, self.unit_area, self.concept_area, self.unit_category_area,
+                                  self.concept_category)
+        return dissection_iou(self.intersection, self.unit_area, self.concept_area)

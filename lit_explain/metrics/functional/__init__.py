@@ -1,0 +1,1 @@
+"""Functional twins of the metrics: plain tensor math, testable by hand."""

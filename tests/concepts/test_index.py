@@ -1,0 +1,86 @@
+"""ConceptIndex against dense brute-force computations on random masks."""
+
+import torch
+
+from lit_explain.concepts.index import ConceptIndex
+
+
+def _random_problem(seed=0, n=7, c=5, sh=6, sw=5, u=4):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.rand(n, c, sh, sw, generator=g) < 0.3
+    masks[:, 2] = False  # concept 2 pixel-free: only image-level below
+    masks[3] = False  # an image without pixel annotations
+    image_level = torch.zeros(n, c, dtype=torch.bool)
+    image_level[[0, 4], 2] = True
+    image_level[1, 0] = True  # concept 0 is image-level in image 1 and pixel-level elsewhere
+    bitmaps = torch.rand(n, u, sh, sw, generator=g) < 0.4
+    bitmaps[5] = False  # an image where no unit fires
+    return masks, image_level, bitmaps
+
+
+def _dense(masks, image_level):
+    return masks | image_level[:, :, None, None]
+
+
+def test_intersections_match_dense():
+    masks, image_level, bitmaps = _random_problem()
+    index = ConceptIndex.from_dense(masks, image_level)
+    dense = _dense(masks, image_level)
+    ids = torch.tensor([6, 0, 1, 3, 5])
+    got = index.intersections(bitmaps[ids], ids)
+    ref = torch.einsum("buhw,bchw->uc", bitmaps[ids].int(), dense[ids].int())
+    assert torch.equal(got, ref.to(torch.int64))
+    per = index.per_image_intersections(bitmaps[ids], ids)
+    assert torch.equal(per, torch.einsum("buhw,bchw->buc", bitmaps[ids].int(), dense[ids].int()).long())
+    # tiny chunks over units give the same
+    assert torch.equal(index.intersections(bitmaps[ids], ids, max_elements=1), got)
+
+
+def test_areas_and_dense_masks():
+    masks, image_level, _ = _random_problem(seed=1)
+    index = ConceptIndex.from_dense(masks, image_level)
+    dense = _dense(masks, image_level)
+    assert torch.equal(index.concept_areas(), dense.sum((0, 2, 3)))
+    assert torch.equal(index.image_areas().long(), dense.sum((2, 3)))
+    assert torch.equal(index.concept_image_counts(), dense.any(3).any(2).sum(0))
+    ids = torch.tensor([4, 1, 2])
+    assert torch.equal(index.dense_masks(ids), dense[ids])
+    assert torch.equal(index.dense_masks(ids, torch.tensor([3, 0])), dense[ids][:, [3, 0]])
+
+
+def test_category_hits_match_dense():
+    masks, image_level, bitmaps = _random_problem(seed=2)
+    index = ConceptIndex.from_dense(masks, image_level)
+    dense = _dense(masks, image_level)
+    cat = torch.tensor([0, 1, 1, 2, 0])
+    ids = torch.arange(7)
+    got = index.category_hits(bitmaps, ids, cat, 3)
+    pix = torch.einsum("buhw,bchw->buc", bitmaps.int(), masks.int()) > 0
+    ref = torch.zeros(7, 4, 3, dtype=torch.bool)
+    for k in range(3):
+        ref[:, :, k] = pix[:, :, cat == k].any(-1) | image_level[:, cat == k].any(-1)[:, None]
+    assert torch.equal(got, ref)
+
+
+def test_label_planes_dedup_and_unknown_labels():
+    # two part planes with the same label at one pixel count once; labels outside the vocabulary are ignored
+    planes = [torch.tensor([[[1, 2], [0, 9]], [[1, 0], [0, 2]]]).numpy(), None]
+    lut = torch.full((10,), -1, dtype=torch.int64)
+    lut[1], lut[2], lut[5] = 0, 1, 2
+    index = ConceptIndex.from_label_planes(planes, [[5], [5, 0]], lut.numpy(), 3, (2, 2))
+    dense = index.dense_masks(torch.arange(2))
+    assert dense[0, 0].tolist() == [[True, False], [False, False]]
+    assert dense[0, 1].tolist() == [[False, True], [False, True]]
+    assert dense[:, 2].all()
+    assert index.concept_areas().tolist() == [1, 2, 8]
+
+
+def test_save_load_roundtrip(tmp_path):
+    masks, image_level, bitmaps = _random_problem(seed=3)
+    index = ConceptIndex.from_dense(masks, image_level)
+    index.save(tmp_path / "idx.npz")
+    back = ConceptIndex.load(tmp_path / "idx.npz")
+    assert back.fingerprint() == index.fingerprint()
+    ids = torch.arange(7)
+    assert torch.equal(back.intersections(bitmaps, ids), index.intersections(bitmaps, ids))
+    assert [p.name for p in tmp_path.iterdir()] == ["idx.npz"]  # no temporary left behind
