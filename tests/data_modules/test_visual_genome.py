@@ -1,0 +1,376 @@
+"""VisualGenomeDataModule on miniature VG roots written in the exact file formats (tests/fixtures/vg_writer.py).
+
+Every image is non-square (W != H) so a (W, H) / (H, W) mix-up shows; every category's boxes are painted in
+its own colour, so the expected mask of any sample is read back from the (transformed) pixels alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from data_modules._instances import BoxMaskSource, JointTransform, iter_json_array, seen_split
+from data_modules.visual_genome import VisualGenomeDataModule, synset_name
+from tests.fixtures.vg_writer import BACKGROUND, VGImage, VGObject, write_vg
+
+W, H = 40, 24  # every fixture image is 40 wide, 24 high
+
+COLORS = {  # one colour per synset (objects of a category share it)
+    "dog.n.01": (220, 20, 20),
+    "cat.n.01": (20, 220, 20),
+    "bank.n.01": (20, 20, 220),
+    "bank.n.09": (20, 20, 220),
+    "traffic_light.n.01": (220, 220, 20),
+    "zebra.n.01": (220, 20, 220),
+    "horse.n.01": (20, 220, 220),
+}
+
+
+def _obj(oid, x, y, w, h, synset, attrs=()):
+    name = synset_name(synset) if synset else "thing"
+    return VGObject(oid, x, y, w, h, [name], [synset] if synset else [], list(attrs),
+                    COLORS.get(synset, (120, 120, 120)))
+
+
+def _vocab_images():
+    """Five 40x24 images. Image counts: dog 3 (4 boxes), cat 2, bank 2 (two synsets), traffic light 3,
+    zebra 1, horse 1 (2 boxes), one object without synset."""
+    return [
+        VGImage(1, W, H, [_obj(11, 1, 1, 6, 5, "dog.n.01", ["brown"]), _obj(12, 30, 15, 8, 7, "dog.n.01"),
+                          _obj(13, 10, 2, 5, 9, "cat.n.01"), _obj(14, 20, 14, 6, 6, "bank.n.01")]),
+        VGImage(2, W, H, [_obj(21, 2, 3, 9, 4, "dog.n.01", ["brown"]), _obj(22, 15, 10, 6, 10, "cat.n.01"),
+                          _obj(23, 30, 1, 4, 12, "traffic_light.n.01")], folder="VG_100K_2"),
+        VGImage(3, W, H, [_obj(31, 5, 5, 7, 7, "dog.n.01", ["brown"]), _obj(32, 25, 2, 5, 8, "traffic_light.n.01"),
+                          _obj(33, 14, 14, 4, 4, "horse.n.01"), _obj(34, 33, 14, 5, 5, "horse.n.01")]),
+        VGImage(4, W, H, [_obj(41, 3, 3, 10, 10, "bank.n.09"), _obj(42, 20, 5, 5, 5, None)], folder="VG_100K_2"),
+        VGImage(5, W, H, [_obj(51, 2, 2, 6, 6, "traffic_light.n.01"), _obj(52, 20, 10, 8, 8, "zebra.n.01")]),
+    ]
+
+
+def _dm(root, tmp_path, **kw):
+    kw.setdefault("min_images", 2)
+    kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    kw.setdefault("image_size", 24)
+    kw.setdefault("val_fraction", 0.0)
+    kw.setdefault("seen_fraction", 1.0)
+    return VisualGenomeDataModule(str(root), **kw)
+
+
+def _colour_region(image: torch.Tensor, colour) -> torch.Tensor:
+    """Pixels of a (3,S,S) image in [0,1] (mean 0, std 1 normalisation) equal to ``colour``."""
+    px = (image * 255).round().to(torch.int64)
+    return (px == torch.tensor(colour).view(3, 1, 1)).all(0)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def test_streaming_parser_matches_json_load(tmp_path):
+    rng = np.random.default_rng(0)
+    data = [{"image_id": int(i), "objects": [{"x": int(rng.integers(100)), "names": ["a \u00e9 [b]", "{c}"],
+                                              "w": float(rng.random())} for _ in range(int(rng.integers(0, 4)))]}
+            for i in range(40)]
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(data, indent=1))
+    for chunk in (1, 7, 64, 1 << 20):
+        assert list(iter_json_array(p, chunk_size=chunk)) == data
+    (tmp_path / "empty.json").write_text(" [ ] ")
+    assert list(iter_json_array(tmp_path / "empty.json")) == []
+    (tmp_path / "trunc.json").write_text(json.dumps(data)[:-30])
+    with pytest.raises(ValueError, match="trunc.json"):
+        list(iter_json_array(tmp_path / "trunc.json", chunk_size=16))
+    (tmp_path / "obj.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="obj.json"):
+        list(iter_json_array(tmp_path / "obj.json"))
+
+
+def test_vocabulary_min_image_frequency_and_synset_merge(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    dm = _dm(root, tmp_path)
+    # image counts >= 2: dog 3, cat 2, bank (n.01 + n.09 merged) 2, traffic light 3; zebra 1, horse 1 dropped
+    assert dm.label_names == ["bank", "cat", "dog", "traffic light"]
+    # instance counts >= 2 adds horse (2 boxes in one image)
+    dm = _dm(root, tmp_path, min_count_by="instances")
+    assert dm.label_names == ["bank", "cat", "dog", "horse", "traffic light"]
+    # the reproduction's head token
+    dm = _dm(root, tmp_path, merge_by="head_token")
+    assert dm.label_names == ["bank", "cat", "dog", "traffic"]
+    # names: "thing" (no synset) is a category by name but occurs in 1 image only
+    dm = _dm(root, tmp_path, merge_by="name", min_images=1)
+    assert dm.label_names == ["bank", "cat", "dog", "horse", "thing", "traffic light", "zebra"]
+    # image 5 keeps only its traffic light, image 4 only its bank; all 5 images have kept objects
+    dm = _dm(root, tmp_path)
+    assert len(dm.tables.image_paths) == 5
+    assert dm.tables.info["objects_without_category"] == 1
+
+
+def test_attributes_become_categories(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    dm = _dm(root, tmp_path, include_attributes=True)
+    assert dm.label_names == ["bank", "brown", "cat", "dog", "traffic light"]  # brown: images 1, 2, 3
+    dm.setup("fit")
+    ds = dm.instance_dataset("train")
+    brown = dm.label_names.index("brown")
+    # every brown unit is a dog box: its mask is the dog-coloured region of the image
+    n = 0
+    for i in range(len(ds)):
+        it = ds[i]
+        if it["target"][brown] == 1:
+            n += 1
+            assert it["target"].sum() == 1  # union per category: one-hot
+    assert n == 3
+
+
+def test_vg12_keys(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images(), version="1.2")
+    assert _dm(root, tmp_path).label_names == ["bank", "cat", "dog", "traffic light"]
+
+
+# ---------------------------------------------------------------------------------------------- masks
+def test_box_mask_rows_are_y():
+    boxes = np.array([[3, 5, 10, 4], [35.5, 20.2, 10, 10], [7, 7, 0, 0]], dtype=np.float32)
+    src = BoxMaskSource(boxes)
+    yy, xx = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    m = src(0, H, W)
+    assert m.shape == (H, W)
+    np.testing.assert_array_equal(m, (xx >= 3) & (xx < 13) & (yy >= 5) & (yy < 9))
+    # fractional, clipped at the image border: x from floor(35.5)=35 to W, y from 20 to H
+    np.testing.assert_array_equal(src(1, H, W), (xx >= 35) & (yy >= 20))
+    # a degenerate box still covers its pixel
+    np.testing.assert_array_equal(src(2, H, W), (xx == 7) & (yy == 7))
+
+
+def test_image_samples_masks_match_painted_boxes(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    dm = _dm(root, tmp_path, interpolation="nearest", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+             predict_split="all")
+    dm.setup("predict")
+    ds = dm.image_dataset()
+    assert len(ds) == 5
+    names = dm.label_names
+    colour = {"dog": COLORS["dog.n.01"], "cat": COLORS["cat.n.01"], "bank": COLORS["bank.n.01"],
+              "traffic light": COLORS["traffic_light.n.01"]}
+    n_masks = n_visible = 0
+    for i in range(len(ds)):
+        it = ds[i]
+        assert it["image"].shape == (3, 24, 24) and it["masks"].shape[1:] == (24, 24)
+        for m, lab in zip(it["masks"], it["mask_labels"]):
+            expected = _colour_region(it["image"], colour[names[int(lab)]])
+            assert torch.equal(m, expected), (ds.image_ids[i], names[int(lab)])
+            n_masks += 1
+            n_visible += bool(m.any())
+    # one mask per (image, category): 3 + 3 + 2 + 1 + 1; the centre crop hides a few boxes entirely
+    assert n_masks == 10 and n_visible >= 6
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_training_masks_stay_aligned_under_augmentation(tmp_path, interpolation):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    dm = _dm(root, tmp_path, augment=True, scale_min=0.25, interpolation=interpolation, mean=(0.0, 0.0, 0.0),
+             std=(1.0, 1.0, 1.0))
+    dm.setup("fit")
+    ds = dm.instance_dataset("train")
+    names = dm.label_names
+    colour = {"dog": COLORS["dog.n.01"], "cat": COLORS["cat.n.01"], "bank": COLORS["bank.n.01"],
+              "traffic light": COLORS["traffic_light.n.01"]}
+    torch.manual_seed(0)
+    ious = []
+    for rep in range(6):
+        for i in range(len(ds)):
+            it = ds[i]
+            mask = it["mask"][0].bool()
+            c = colour[names[int(it["target"].argmax())]]
+            if interpolation == "nearest":
+                assert torch.equal(mask, _colour_region(it["image"], c))
+            else:  # bilinear blurs colour edges: compare with the pixels more object than background
+                px = it["image"] * 255
+                palette = torch.tensor([BACKGROUND, (120, 120, 120), *sorted(set(COLORS.values()))], dtype=torch.float32)
+                nearest = (px[None] - palette[:, :, None, None]).norm(dim=1).argmin(0)
+                soft = palette[nearest].eq(torch.tensor(c, dtype=torch.float32)).all(-1)
+                assert bool(mask[_colour_region(it["image"], c)].all())
+                if mask.sum() > 20:
+                    ious.append(float((mask & soft).sum() / (mask | soft).sum()))
+    if interpolation == "bilinear":  # edges differ by a pixel at most: high overlap, never a shifted region
+        assert len(ious) > 20 and min(ious) > 0.5 and np.mean(ious) > 0.8, (min(ious), np.mean(ious))
+
+
+def test_alignment_check_detects_independent_crops():
+    """The check above can fail: image and mask cropped with independent draws disagree."""
+    img = np.zeros((H, W, 3), dtype=np.uint8)
+    img[4:15, 6:20] = (220, 20, 20)
+    mask = np.zeros((1, H, W), dtype=bool)
+    mask[0, 4:15, 6:20] = True
+    t = JointTransform(image_size=24, augment=True, scale_min=0.25, interpolation="nearest", mean=(0, 0, 0),
+                       std=(1, 1, 1))
+    mismatches = 0
+    for s in range(20):
+        torch.manual_seed(s)
+        a, _ = t(img, mask)
+        torch.manual_seed(1000 + s)
+        _, b = t(img, mask)
+        mismatches += not torch.equal(b[0], _colour_region(a, (220, 20, 20)))
+        torch.manual_seed(s)
+        a2, b2 = t(img, mask)
+        assert torch.equal(b2[0], _colour_region(a2, (220, 20, 20)))
+    assert mismatches >= 10
+
+
+def test_union_per_category_vs_per_instance(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    dm = _dm(root, tmp_path, interpolation="nearest", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    dm.setup("fit")
+    ds = dm.instance_dataset("train")
+    # (image, category) units: img1 dog,cat,bank; img2 dog,cat,tl; img3 dog,tl; img4 bank; img5 tl
+    assert len(ds) == 10
+    dog = dm.label_names.index("dog")
+    img1_dog = [i for i in range(len(ds)) if ds.units.image[i] == 0 and ds.units.labels(i)[0] == dog]
+    assert len(img1_dog) == 1
+    # at the image's own resolution the unit's mask is the union of image 1's two dog boxes
+    _, masks = ds.renderer.load(0, ds.units, img1_dog)
+    expected = np.zeros((H, W), dtype=bool)
+    expected[1:6, 1:7] = True  # box (x=1, y=1, w=6, h=5)
+    expected[15:22, 30:38] = True  # box (x=30, y=15, w=8, h=7)
+    np.testing.assert_array_equal(masks[0], expected)
+    per = _dm(root, tmp_path, union_per_category=False)
+    per.setup("fit")
+    # boxes with a kept category: dog 4, cat 2, bank 2, traffic light 3
+    assert len(per.instance_dataset("train")) == 11
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def test_seen_split_is_without_replacement_and_seeded():
+    s = seen_split(1208, 0.7, seed=0)
+    assert s.dtype == bool and s.sum() == 846  # round(0.7 * 1208), no duplicates possible
+    assert np.array_equal(s, seen_split(1208, 0.7, seed=0))
+    assert not np.array_equal(s, seen_split(1208, 0.7, seed=1))
+    # what the original's np.random.choice with replacement yields: fewer distinct categories
+    drawn = np.random.default_rng(0).choice(1208, 846, replace=True)
+    assert len(np.unique(drawn)) < 846
+
+
+def test_unseen_categories_never_train_targets(tmp_path):
+    images = []
+    oid = 1
+    syns = ["dog.n.01", "cat.n.01", "bank.n.01", "traffic_light.n.01", "zebra.n.01", "horse.n.01"]
+    for i in range(1, 13):  # 6 categories, each in 6 images
+        objs = []
+        for j, s in enumerate(syns):
+            if (i + j) % 2 == 0:
+                objs.append(_obj(oid, (j * 6) % 34, (j * 3) % 18, 5, 5, s))
+                oid += 1
+        images.append(VGImage(i, W, H, objs))
+    root = write_vg(tmp_path / "vg", images)
+    dm = _dm(root, tmp_path, seen_fraction=0.5, split_seed=3, val_fraction=0.25)
+    seen = dm.seen
+    assert seen.dtype == torch.bool and int(seen.sum()) == 3
+    dm.setup("fit")
+    train = dm.instance_dataset("train")
+    targets = torch.stack([train[i]["target"] for i in range(len(train))])
+    assert targets[:, ~seen].sum() == 0
+    assert targets[:, seen].sum(0).min() > 0
+    val = dm.instance_dataset("val")
+    vt = torch.stack([val[i]["target"] for i in range(len(val))])
+    assert vt[:, ~seen].sum() > 0  # val keeps unseen categories (val_include_unseen)
+    # the image split is disjoint and seeded
+    tr_imgs, va_imgs = set(train.units.image.tolist()), set(val.units.image.tolist())
+    assert not tr_imgs & va_imgs and len(va_imgs) == 3
+    dm2 = _dm(root, tmp_path, seen_fraction=0.5, split_seed=3, val_fraction=0.25)
+    assert torch.equal(dm2.seen, seen)
+    assert np.array_equal(dm2.tables.image_split, dm.tables.image_split)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_missing_image_file_error_or_logged_skip(tmp_path, caplog):
+    images = _vocab_images()
+    images[2].write_file = False  # image 3 (3.png) is annotated but not on disk
+    root = write_vg(tmp_path / "vg", images)
+    with pytest.raises(FileNotFoundError, match=r"3\.png"):
+        _dm(root, tmp_path).label_names
+    with caplog.at_level(logging.WARNING):
+        dm = _dm(root, tmp_path, on_missing_image="skip")
+        assert len(dm.tables.image_paths) == 4
+    assert "3.png" in caplog.text
+    assert 3 not in dm.tables.image_ids.tolist()
+    dm.setup("fit")
+    assert len(dm.instance_dataset("train")) == 8  # 10 units minus image 3's dog and traffic light
+
+
+def test_annotated_image_missing_from_image_data(tmp_path, caplog):
+    images = _vocab_images()
+    images[4].in_image_data = False  # image 5 annotated in objects.json, absent from image_data.json
+    root = write_vg(tmp_path / "vg", images)
+    with pytest.raises(FileNotFoundError, match="image_data.json"):
+        _dm(root, tmp_path).label_names
+    with caplog.at_level(logging.WARNING):
+        dm = _dm(root, tmp_path, on_missing_image="skip")
+        assert 5 not in dm.tables.image_ids.tolist()
+    assert "missing from" in caplog.text
+
+
+def test_missing_annotation_file_names_it(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    (root / "objects.json").unlink()
+    with pytest.raises(FileNotFoundError, match="objects.json"):
+        _dm(root, tmp_path).label_names
+
+
+def test_corrupt_image_names_file(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    (root / "VG_100K" / "1.png").write_bytes(b"not an image")
+    dm = _dm(root, tmp_path, predict_split="all")
+    dm.setup("predict")
+    with pytest.raises(OSError, match="1.png"):
+        dm.image_dataset()[0]
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def test_cache_is_reused_and_invalidated_by_content(tmp_path, monkeypatch):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    first = _dm(root, tmp_path)
+    names = first.label_names
+    cache = list((tmp_path / "cache").iterdir())
+    assert len(cache) == 1 and cache[0].suffix == ".npz"
+
+    def boom(self):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(VisualGenomeDataModule, "_parse", boom)
+    again = _dm(root, tmp_path)
+    assert again.label_names == names
+    assert np.array_equal(again.tables.obj_label_ids, first.tables.obj_label_ids)
+    # other parameters or other file contents: another key, parsed again
+    with pytest.raises(AssertionError, match="parsed again"):
+        _dm(root, tmp_path, min_images=1).label_names
+    data = json.loads((root / "objects.json").read_text())
+    data[0]["objects"].append({"object_id": 99, "x": 1, "y": 1, "w": 2, "h": 2, "names": ["zebra"],
+                               "synsets": ["zebra.n.01"]})
+    (root / "objects.json").write_text(json.dumps(data))
+    with pytest.raises(AssertionError, match="parsed again"):
+        _dm(root, tmp_path).label_names
+    monkeypatch.undo()
+    assert _dm(root, tmp_path).label_names == ["bank", "cat", "dog", "traffic light", "zebra"]
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.suffix != ".npz"]  # no temp files left
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def test_batches_follow_the_data_contract(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    dm = _dm(root, tmp_path, batch_size=4, predict_split="all", predict_batch_size=5)
+    dm.setup("fit")
+    dm.setup("predict")
+    assert dm.augment is False
+    b = next(iter(dm.train_dataloader()))
+    assert b["image"].shape == (4, 3, 24, 24) and b["image"].dtype == torch.float32
+    assert b["mask"].shape == (4, 1, 24, 24) and b["mask"].dtype == torch.float32
+    assert set(b["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert b["target"].shape == (4, 4) and torch.all(b["target"].sum(1) == 1)
+    assert b["index"].dtype == torch.int64
+    p = next(iter(dm.predict_dataloader()))
+    assert p["image"].shape == (5, 3, 24, 24)
+    assert p["masks"].dtype == torch.bool and p["masks"].shape == (5, 3, 24, 24)  # M = 3 (images 1 and 2)
+    counts = (p["mask_labels"] >= 0).sum(1).tolist()
+    assert counts == [3, 3, 2, 1, 1]
+    assert not p["masks"][p["mask_labels"] < 0].any()  # padding masks are empty
+    assert p["index"].tolist() == [0, 1, 2, 3, 4]
