@@ -1,0 +1,274 @@
+"""COCO 2017 instances for LaViSE: segmentation masks as supervision, category names as words.
+
+Files (the COCO 2017 download layout under ``root``): ``annotations/instances_train2017.json`` and
+``annotations/instances_val2017.json`` read through ``pycocotools.coco.COCO``, images in ``train2017/`` and
+``val2017/``. train2017 gives the training instances, val2017 the validation instances and the images that
+predict/test explain.
+
+* Mask of an annotation: ``COCO.annToMask`` (polygons or RLE rasterised at the image's recorded size), the
+  segmentation itself, not its box (lavise.md §4).
+* Words: ``label_mode="category"`` uses the 80 category names as they are ("traffic light" is one multi-word
+  label; text encoders average or phrase-encode it); ``"token"`` splits names into words, the paper's label
+  vocabulary ("traffic light" -> {traffic, light}, a multi-hot target).
+* ``iscrowd=1`` annotations mark a *group* of objects with one loose RLE region. ``crowd="eval_only"``
+  (default) keeps them out of training samples (the region is not one instance of the word) but includes them
+  in image samples, where they are genuine pixels of the category and count as recall ground truth;
+  ``"skip"`` drops them everywhere; ``"include"`` treats them like any annotation.
+* Training transform: joint RandomResizedCrop + horizontal flip of image AND mask (``augment=True``, the
+  paper's COCO setting; both codebases cropped the image randomly but the mask centrally). All categories
+  are seen (``seen_fraction=1.0``) unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from data_modules._instances import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VAL,
+    InstanceDataModule,
+    InstanceTables,
+    handle_missing,
+    keep_images,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CocoDataModule", "CocoMaskSource", "load_coco"]
+
+
+def load_coco(path: Path):
+    """``pycocotools.coco.COCO(path)`` with its prints silenced and clear errors naming the file."""
+    try:
+        from pycocotools.coco import COCO
+    except ImportError as exc:  # pragma: no cover - pycocotools is a declared extra
+        raise ImportError("CocoDataModule needs pycocotools: pip install 'lit_explain[coco]'") from exc
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"COCO annotation file not found: {path}. Download annotations_trainval2017.zip from "
+            "https://cocodataset.org/#download and unzip it into root (annotations/instances_*2017.json), "
+            "or set train_annotations / val_annotations.")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); re-download it") from exc
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a COCO instances file (missing {exc}); expected keys images, "
+                         "annotations, categories") from exc
+    if "categories" not in coco.dataset or "annotations" not in coco.dataset:
+        raise ValueError(f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories'")
+    return coco
+
+
+class CocoMaskSource:
+    """Masks of COCO annotations via ``COCO.annToMask``.
+
+    Args:
+        cocos: the COCO objects (one per annotation file).
+        obj_file: (O,) which COCO object each object comes from.
+        obj_ann: (O,) its annotation id.
+    """
+
+    def __init__(self, cocos: list, obj_file: np.ndarray, obj_ann: np.ndarray) -> None:
+        self.cocos = cocos
+        self.obj_file = np.asarray(obj_file, dtype=np.int64)
+        self.obj_ann = np.asarray(obj_ann, dtype=np.int64)
+
+    def subset(self, objs: np.ndarray) -> "CocoMaskSource":
+        return CocoMaskSource(self.cocos, self.obj_file[objs], self.obj_ann[objs])
+
+    def __call__(self, obj: int, height: int, width: int) -> np.ndarray:
+        coco = self.cocos[int(self.obj_file[obj])]
+        ann = coco.anns[int(self.obj_ann[obj])]
+        mask = coco.annToMask(ann).astype(bool)
+        if mask.shape != (height, width):
+            raise ValueError(f"annotation {ann['id']}: annToMask gave {mask.shape}, image record says "
+                             f"{(height, width)}")
+        return mask
+
+
+class CocoDataModule(InstanceDataModule):
+    """COCO 2017 instance/image samples for LaViSE (see the module docstring).
+
+    Args:
+        root: COCO folder.
+        train_annotations: training instances JSON (relative to root, or absolute).
+        val_annotations: validation instances JSON.
+        train_images: folder of the training images (relative to root, or absolute).
+        val_images: folder of the validation images.
+        label_mode: "category" (80 names, multi-word kept) or "token" (names split into words, multi-hot).
+        crowd: iscrowd=1 annotations: "eval_only" (ground truth in image samples, never trained on), "skip", or
+            "include".
+        min_area: annotations with a smaller ``area`` (pixels) are left out.
+        on_missing_image: an image listed in the JSON but absent from its folder: "error" or "skip" (logged).
+        seen_fraction: fraction of categories seen in training (1.0: all, the paper's COCO scenario).
+        split_seed: seed of the seen/unseen draw.
+        image_size: side S of batches.
+        resize_size: short side before centre crop (default round(S*256/224)).
+        augment: joint RandomResizedCrop + flip for training (paper: True for COCO).
+        scale_min: lower bound of RandomResizedCrop's area fraction.
+        hflip: random horizontal flip in augmentation.
+        interpolation: image resampling; masks always use nearest.
+        mean: normalisation mean.
+        std: normalisation std.
+        union_per_category: False (default, the paper's COCO samples) = one annotation per sample; True = the
+            union of a category's annotations in an image.
+        val_include_unseen: keep unseen categories in val instance samples.
+        predict_split: images of predict/test: "val", "train" or "all".
+        batch_size: instance samples per batch.
+        predict_batch_size: images per predict batch (default batch_size).
+        num_workers: DataLoader workers.
+        pin_memory: DataLoader pin_memory.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/coco",
+        train_annotations: str = "annotations/instances_train2017.json",
+        val_annotations: str = "annotations/instances_val2017.json",
+        train_images: str = "train2017",
+        val_images: str = "val2017",
+        label_mode: Literal["category", "token"] = "category",
+        crowd: Literal["eval_only", "skip", "include"] = "eval_only",
+        min_area: float = 0.0,
+        on_missing_image: Literal["error", "skip"] = "error",
+        seen_fraction: float = 1.0,
+        split_seed: int = 0,
+        image_size: int = 224,
+        resize_size: int | None = None,
+        augment: bool = True,
+        scale_min: float = 0.08,
+        hflip: bool = True,
+        interpolation: str = "bilinear",
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        union_per_category: bool = False,
+        val_include_unseen: bool = True,
+        predict_split: Literal["val", "train", "all"] = "val",
+        batch_size: int = 32,
+        predict_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            image_size=image_size, resize_size=resize_size, augment=augment, scale_min=scale_min, hflip=hflip,
+            interpolation=interpolation, mean=mean, std=std, union_per_category=union_per_category,
+            seen_fraction=seen_fraction, split_seed=split_seed, val_include_unseen=val_include_unseen,
+            predict_split=predict_split, batch_size=batch_size, predict_batch_size=predict_batch_size,
+            num_workers=num_workers, pin_memory=pin_memory,
+        )
+        self.save_hyperparameters()
+        if label_mode not in ("category", "token"):
+            raise ValueError(f"label_mode must be 'category' or 'token', got {label_mode!r}")
+        if crowd not in ("eval_only", "skip", "include"):
+            raise ValueError(f"crowd must be 'eval_only', 'skip' or 'include', got {crowd!r}")
+        if on_missing_image not in ("error", "skip"):
+            raise ValueError(f"on_missing_image must be 'error' or 'skip', got {on_missing_image!r}")
+        self.root = Path(root)
+        self.label_mode = label_mode
+        self.crowd = crowd
+        self.min_area = float(min_area)
+        self.on_missing_image = on_missing_image
+        self._splits = [
+            (self._path(train_annotations), self._path(train_images)),
+            (self._path(val_annotations), self._path(val_images)),
+        ]
+
+    def _path(self, p: str) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else self.root / p
+
+    @staticmethod
+    def _category_table(cocos: list, files: list[Path]) -> dict[int, str]:
+        """Category id -> name, checked to agree between the files."""
+        names: dict[int, str] = {}
+        for coco, f in zip(cocos, files):
+            for c in coco.dataset["categories"]:
+                cid, name = int(c["id"]), " ".join(str(c["name"]).split())
+                if names.setdefault(cid, name) != name:
+                    raise ValueError(f"{f}: category {cid} is {name!r} but another file calls it {names[cid]!r}")
+        return dict(sorted(names.items()))
+
+    def _load_tables(self) -> InstanceTables:
+        cocos = [load_coco(a) for a, _ in self._splits]
+        cats = self._category_table(cocos, [a for a, _ in self._splits])
+        if self.label_mode == "category":
+            label_names = list(cats.values())
+            words_of = {cid: [i] for i, cid in enumerate(cats)}
+        else:
+            label_names = list(dict.fromkeys(w.lower() for n in cats.values() for w in n.split()))
+            index = {w: i for i, w in enumerate(label_names)}
+            words_of = {cid: list(dict.fromkeys(index[w.lower()] for w in n.split())) for cid, n in cats.items()}
+
+        paths, ids, sizes, split = [], [], [], []
+        obj_image, obj_file, obj_ann, obj_eval_only, label_ptr, label_ids = [], [], [], [], [0], []
+        missing: list[str] = []
+        n_crowd = n_small = 0
+        for s, (coco, (ann_file, img_dir)) in enumerate(zip(cocos, self._splits)):
+            listing = set(p.name for p in img_dir.iterdir()) if img_dir.is_dir() else set()
+            for img_id in sorted(coco.imgs):
+                anns = coco.imgToAnns.get(img_id, [])
+                kept = []
+                for a in anns:
+                    if int(a["category_id"]) not in cats:
+                        raise ValueError(f"{ann_file}: annotation {a.get('id')} has unknown category_id "
+                                         f"{a['category_id']}")
+                    crowd = bool(a.get("iscrowd", 0))
+                    if crowd and self.crowd == "skip":
+                        n_crowd += 1
+                        continue
+                    if float(a.get("area", np.inf)) < self.min_area:
+                        n_small += 1
+                        continue
+                    kept.append((a, crowd and self.crowd == "eval_only"))
+                if not kept:
+                    continue
+                rec = coco.imgs[img_id]
+                fname = rec["file_name"]
+                if fname not in listing:
+                    missing.append(str(img_dir / fname))
+                row = len(paths)
+                paths.append(str(img_dir / fname))
+                ids.append(int(img_id))
+                sizes.append((int(rec["height"]), int(rec["width"])))
+                split.append(s)
+                for a, eval_only in kept:
+                    obj_image.append(row)
+                    obj_file.append(s)
+                    obj_ann.append(int(a["id"]))
+                    obj_eval_only.append(eval_only)
+                    label_ids.extend(words_of[int(a["category_id"])])
+                    label_ptr.append(len(label_ids))
+        handle_missing(self.on_missing_image, missing, "COCO images listed in the annotations but not on disk",
+                       "Download train2017.zip / val2017.zip and unzip them into root, or fix train_images / "
+                       "val_images")
+        source = CocoMaskSource(cocos, np.array(obj_file), np.array(obj_ann))
+        tables = InstanceTables(
+            label_names=label_names,
+            image_paths=paths,
+            image_ids=np.array(ids, dtype=np.int64),
+            image_sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2),
+            image_split=np.array(split, dtype=np.int8),
+            obj_image=np.array(obj_image, dtype=np.int64),
+            obj_label_ptr=np.array(label_ptr, dtype=np.int64),
+            obj_label_ids=np.array(label_ids, dtype=np.int64),
+            mask_source=source,
+            obj_eval_only=np.array(obj_eval_only, dtype=bool),
+            info={"crowd_skipped": n_crowd, "small_skipped": n_small, "images_missing_on_disk": len(missing)},
+        )
+        if missing:
+            missing_set = set(missing)
+            tables = keep_images(tables, np.array([p not in missing_set for p in paths]), source.subset)
+        if not (tables.image_split == VAL).any():
+            log.warning("CocoDataModule: no validation images with annotations in %s", self._splits[1][0])
+        return tables
