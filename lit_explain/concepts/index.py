@@ -27,6 +27,16 @@ import torch
 
 __all__ = ["ConceptIndex"]
 
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a 1-D int array; same result as ``np.unique(x)``.
+
+    Sort + neighbour mask: numpy 2.4's hash-based ``np.unique`` is ~15x slower on the 50 k keys of one Broden image.
+    """
+    s = np.sort(x)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))] if s.size else s
+
+
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
@@ -131,7 +141,7 @@ class ConceptIndex:
             con = lut[p]  # (P, h)
             pos = np.broadcast_to(np.arange(h), con.shape)
             keep = con >= 0
-            key = np.unique(pos[keep] * num_concepts + con[keep])  # dedup planes, sorted by pixel then concept
+            key = _sorted_unique(pos[keep] * num_concepts + con[keep])  # dedup planes, sorted by pixel then concept
             offsets.append(i * h + key // num_concepts)
             concepts.append(key % num_concepts)
         cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64))
