@@ -232,16 +232,22 @@ class TimmSource(ModelSource):
         _pop_conflicting(kwargs, "pretrained")
         return self._create(name, num_classes, kwargs, pretrained=False)
 
-    def _create(self, name: str, num_classes: int | None, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    @staticmethod
+    def _check(name: str) -> None:
         import timm
 
-        extra = {} if num_classes is None else {"num_classes": num_classes}
         arch = name.split(".", 1)[0]
         if not timm.is_model(arch):
             raise ValueError(
                 f"Unknown timm architecture {arch!r}. Closest: {_close(arch, timm.list_models())}. "
                 "All names: timm.list_models()."
             )
+
+    def _create(self, name: str, num_classes: int | None, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+        import timm
+
+        self._check(name)
+        extra = {} if num_classes is None else {"num_classes": num_classes}
         return timm.create_model(name, pretrained=pretrained, **extra, **kwargs)
 
     def build_pretrained(self, name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
@@ -250,6 +256,7 @@ class TimmSource(ModelSource):
         from timm.models import get_pretrained_cfg
 
         _pop_conflicting(kwargs, "pretrained", "pretrained_cfg")
+        self._check(name)
         try:
             cfg_obj = get_pretrained_cfg(name)
         except RuntimeError as err:  # an invalid pretrained tag

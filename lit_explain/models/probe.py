@@ -364,7 +364,7 @@ class LayerProbe:
         self._pending.discard(name)
         stop = not self._pending and not self._full
         if stop or torch.is_grad_enabled():
-            # Nothing runs after a stopping hook; with grad on, the graph identity matters more (see _check_versions).
+            # Nothing runs after a stopping hook; with grad on, graph identity matters (in-place edits are warned of).
             self._captured[name] = (tensor, tensor._version if not tensor.is_inference() else None)
         else:
             # Later in-place ops (ResNet's `out += identity`, ReLU(inplace=True)) would overwrite the output.

@@ -418,9 +418,13 @@ def test_timm_default_weights_read_from_hf_cache(tmp_path, monkeypatch):
     _assert_same_state(model, state)
 
 
-def test_default_weights_for_own_models_is_an_error():
+def test_default_weights_for_own_models_or_unknown_names_is_an_error():
     with pytest.raises(ValueError, match="no library weights"):
         load_model(f"python:{NETS_MODULE}:tiny_net", weights="default")
+    with pytest.raises(ValueError, match="vit_tiny_patch16_224"):
+        load_model("timm:vit_tiny_patch16", weights="default")
+    with pytest.raises(ValueError, match="resnet18"):
+        load_model("torchvision:resnet81", weights="default")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
