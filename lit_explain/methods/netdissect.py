@@ -1,0 +1,94 @@
+"""NetDissect (Bau et al., CVPR 2017; NetDissect-Lite): label each unit with the concept of highest IoU.
+
+Per unit u: threshold T_u = the upper-tail ``quantile`` (0.005) of all its raw activations; bitmap
+``A_u(x) = upsample(a_u(x)) > T_u`` on the concept-mask grid; dataset-level
+``IoU(u, c) = sum_x |A_u(x) & M_c(x)| / sum_x |A_u(x) | M_c(x)|``. The tally is one streaming pass over the
+cached activations, vectorised over units and concepts (a sparse concept incidence times dense unit bitmaps),
+accumulated in a torchmetrics :class:`~lit_explain.metrics.dissection_iou.DissectionIoU` whose sum states make
+the result identical for any number of processes.
+
+Options: NetDissect-Lite's category-restricted union (``category_restricted_union``) and its choice of one
+winner per category then overall (the per-category columns ``<category>_label`` / ``<category>_iou``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lit_explain.activations.bitmaps import unit_bitmaps
+from lit_explain.activations.store import ActivationEntry
+from lit_explain.methods.dissection import DissectionMethod
+from lit_explain.metrics.dissection_iou import DissectionIoU
+
+__all__ = ["NetDissect"]
+
+
+class NetDissect(DissectionMethod):
+    """Network Dissection as a predict loop. Arguments of :class:`DissectionMethod`, plus:
+
+    Args:
+        category_restricted_union: count a unit's activation in the union only on images where the concept's
+            category occurs under it (NetDissect-Lite); False gives the plain dataset IoU (compexp, CCE).
+        iou_threshold: a unit is reported ``interpretable`` when its best IoU exceeds this (NetDissect: 0.04).
+        **kwargs: see :class:`DissectionMethod`.
+    """
+
+    def __init__(self, *args: Any, category_restricted_union: bool = False, iou_threshold: float = 0.04,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # save_hyperparameters in the base also records this class's args
+        self.iou: torch.Tensor | None = None
+
+    def tally(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
+              thresholds: torch.Tensor) -> DissectionIoU:
+        """Accumulate the IoU states over this rank's images; returns the (unsynced) metric."""
+        index = self.concept_index
+        cat = torch.tensor(self.vocabulary.category_codes()) if self.hparams.category_restricted_union else None
+        metric = DissectionIoU(len(units), index.num_concepts, concept_category=cat)
+        units_np = units.numpy()
+        for chunk in self.image_chunks(local_indices, len(units)):
+            acts = entry.rows(chunk.numpy())[:, units_np]
+            bitmaps = unit_bitmaps(acts, index.mask_shape, thresholds.to(torch.float32))
+            metric.update(bitmaps, chunk, index)
+        return metric
+
+    def explain(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
+                thresholds: torch.Tensor) -> list[dict[str, Any]]:
+        metric = self.tally(entry, local_indices, units, thresholds)
+        iou = metric.compute()  # synced across ranks: (U, C)
+        self.iou = iou
+        with metric.sync_context():  # dataset totals, not this rank's share
+            unit_area = metric.unit_area.clone()
+            inter = metric.intersection.clone()
+            concept_area = metric.concept_area.clone()
+        vocab = self.vocabulary
+        cats = vocab.category_names
+        codes = torch.tensor(vocab.category_codes())
+        rows = []
+        for j, u in enumerate(units.tolist()):
+            best = int(torch.argmax(iou[j])) if iou.shape[1] else -1
+            row: dict[str, Any] = {
+                "unit": u,
+                "cluster": 0,
+                "range_lo": float(thresholds[j]),
+                "range_hi": float("inf"),
+                "label": vocab.names[best] if best >= 0 else "",
+                "category": vocab.categories[best] if best >= 0 else "",
+                "length": 1,
+                "iou": float(iou[j, best]) if best >= 0 else 0.0,
+                "threshold": float(thresholds[j]),
+                "interpretable": bool(best >= 0 and float(iou[j, best]) > self.hparams.iou_threshold),
+                "unit_area": int(unit_area[j]),
+                "label_area": int(concept_area[best]) if best >= 0 else 0,
+                "intersection": int(inter[j, best]) if best >= 0 else 0,
+            }
+            for k, name in enumerate(cats):
+                sel = torch.nonzero(codes == k).flatten()
+                if len(sel) == 0:
+                    continue
+                b = int(sel[torch.argmax(iou[j, sel])])
+                row[f"{name}_label"] = vocab.names[b]
+                row[f"{name}_iou"] = float(iou[j, b])
+            rows.append(row)
+        return rows
