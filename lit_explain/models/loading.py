@@ -62,6 +62,7 @@ _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "module", "net"
 #: Old torchvision DenseNet layers were registered as ``norm.1``/``relu.1``/``conv.1``/``norm.2``/...
 _OLD_DENSENET_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
 _SHOW = 5  # how many offending keys an error message lists
+_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for in a hub repo, in order
 _MAX_PREFIXES = 32  # key prefixes tried when matching a checkpoint to a model
 
 
@@ -294,7 +295,7 @@ class TimmSource(ModelSource):
 
             repo, _, revision = hub_id.partition("@")
             cache = _hf_hub_cache_dir()
-            names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else ["model.safetensors", "pytorch_model.bin"]
+            names = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else list(_HF_WEIGHT_FILES)
             for fname in names:
                 hit = try_to_load_from_cache(repo, fname, cache_dir=cache, revision=revision or None)
                 if isinstance(hit, str) and os.path.isfile(hit):

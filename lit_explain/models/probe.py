@@ -416,7 +416,8 @@ class LayerProbe:
 
     def __repr__(self) -> str:
         state = "open" if self._handles else "closed"
-        return f"LayerProbe({type(self.model).__name__}, layers={list(self.layers)}, stop_early={self.stop_early}, {state})"
+        model = type(self.model).__name__
+        return f"LayerProbe({model}, layers={list(self.layers)}, stop_early={self.stop_early}, {state})"
 
 
 def _make_hook(ref: weakref.ReferenceType[LayerProbe], name: str):  # noqa: ANN202

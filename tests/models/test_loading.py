@@ -9,7 +9,6 @@ import textwrap
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 
 import pytest
 import timm
@@ -49,7 +48,9 @@ class TinyAlex(nn.Module):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(8, 16), nn.ReLU(inplace=True), nn.Linear(16, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Dropout(), nn.Linear(8, 16), nn.ReLU(inplace=True), nn.Linear(16, num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
