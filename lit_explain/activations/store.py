@@ -12,7 +12,9 @@ Layout under ``root``::
     <key>/meta.json    shape, dtype, key parts; written last: its presence marks a complete entry
 
 An entry is built in ``<key>.partial/`` and renamed into place only when every row has been written, so a run
-that is killed leaves nothing that :meth:`ActivationStore.get` would return. Several processes of one DDP run
+that is killed leaves nothing that :meth:`ActivationStore.get` would return. Each process appends the indices
+of the rows it has written and flushed to ``done_<pid>.idx``; a later run with ``resume=True`` keeps those rows
+(:attr:`ActivationWriter.done`) and only computes the rest. Several processes of one DDP run
 write disjoint rows of the same partial entry (global dataset indices), which needs a filesystem shared by the
 ranks (true for single-machine DDP and for clusters with a shared work directory).
 """
@@ -75,23 +77,36 @@ class ActivationWriter:
         create: True on exactly one process (it allocates the files); the others attach with ``create=False``
             after a barrier.
         meta: key parts recorded in meta.json.
+        resume: keep the rows an interrupted run already wrote (same shape and dtype); False starts afresh.
     """
 
     def __init__(self, store: "ActivationStore", key: str, shape: tuple[int, ...], dtype: str = "float16",
-                 create: bool = True, meta: dict | None = None) -> None:
+                 create: bool = True, meta: dict | None = None, resume: bool = True) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"activation dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.store, self.key, self.shape, self.dtype = store, key, tuple(int(s) for s in shape), dtype
         self.meta = dict(meta or {})
         self.partial = store.root / f"{key}.partial"
+        layout = json.dumps({"shape": list(self.shape), "dtype": dtype})
         mode = "r+"
         if create:
-            if self.partial.exists():
-                shutil.rmtree(self.partial)  # leftovers of a killed run are never trusted
-            self.partial.mkdir(parents=True)
-            mode = "w+"
+            reuse = resume and (self.partial / "layout.json").is_file() and \
+                (self.partial / "layout.json").read_text() == layout
+            if not reuse:
+                if self.partial.exists():
+                    shutil.rmtree(self.partial)
+                self.partial.mkdir(parents=True)
+                mode = "w+"
         self.acts = np.memmap(self.partial / "acts.bin", dtype=_DTYPES[dtype], mode=mode, shape=self.shape)
         self.maxes = np.memmap(self.partial / "maxes.bin", dtype=np.float32, mode=mode, shape=self.shape[:2])
+        if create and mode == "w+":
+            (self.partial / "layout.json").write_text(layout)
+        #: (N,) bool: rows already written and flushed by this or an interrupted earlier run
+        self.done = np.zeros(self.shape[0], dtype=bool)
+        for log in self.partial.glob("done_*.idx"):
+            idx = np.fromfile(log, dtype=np.int64)
+            self.done[idx[(idx >= 0) & (idx < self.shape[0])]] = True
+        self._log = open(self.partial / f"done_{os.getpid()}.idx", "ab")
 
     def write(self, indices: torch.Tensor, acts: torch.Tensor) -> None:
         """Store activations (B, U, h, w) of the images with dataset indices (B,)."""
@@ -101,14 +116,32 @@ class ActivationWriter:
         # maxima of the stored (rounded) values, so thresholds and top images agree with what is read back
         stored = torch.from_numpy(np.asarray(self.acts[idx], dtype=np.float32))
         self.maxes[idx] = stored.flatten(2).amax(-1).numpy()
+        self.flush()  # rows reach the file before their indices reach the log
+        self._log.write(np.asarray(idx, dtype=np.int64).tobytes())
+        self._log.flush()
+        self.done[idx] = True
 
     def flush(self) -> None:
         self.acts.flush()
         self.maxes.flush()
 
+    def close(self) -> None:
+        if not self._log.closed:
+            self._log.close()
+
     def commit(self) -> ActivationEntry:
         """Flush, write meta.json and rename the partial entry into place (call on one process only)."""
         self.flush()
+        self.close()
+        for log in self.partial.glob("done_*.idx"):
+            self.done[np.fromfile(log, dtype=np.int64)] = True
+        if not self.done.all():
+            missing = np.flatnonzero(~self.done)
+            raise RuntimeError(f"activation cache {self.partial}: {len(missing)} rows were never written "
+                               f"(first: {missing[:5].tolist()}); the dataset and the loader disagree")
+        for log in self.partial.glob("done_*.idx"):
+            log.unlink()
+        (self.partial / "layout.json").unlink(missing_ok=True)
         meta = {**self.meta, "key": self.key, "shape": list(self.shape), "dtype": self.dtype,
                 "code_version": CODE_VERSION}
         tmp = self.partial / "meta.json.tmp"
@@ -154,7 +187,7 @@ class ActivationStore:
         return ActivationEntry(path, acts, maxes, meta)
 
     def writer(self, key: str, shape: tuple[int, ...], dtype: str = "float16", create: bool = True,
-               meta: dict | None = None) -> ActivationWriter:
+               meta: dict | None = None, resume: bool = True) -> ActivationWriter:
         """Open a partial entry for writing (see :class:`ActivationWriter`)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return ActivationWriter(self, key, shape, dtype, create=create, meta=meta)
+        return ActivationWriter(self, key, shape, dtype, create=create, meta=meta, resume=resume)

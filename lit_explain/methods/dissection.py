@@ -178,7 +178,7 @@ class DissectionMethod(LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         idx = batch["index"].detach().cpu().to(torch.int64)
         self._seen.append(idx)
-        if self._writer is not None:
+        if self._writer is not None and not bool(self._writer.done[idx.numpy()].all()):
             with torch.no_grad():
                 acts = self.probe(batch["image"])[self.hparams.layer]
             self._writer.write(idx, acts)
@@ -187,6 +187,7 @@ class DissectionMethod(LightningModule):
     def on_predict_epoch_end(self) -> None:
         if self._writer is not None:
             self._writer.flush()
+            self._writer.close()
             self._barrier("store_flush")
             if self.trainer.is_global_zero:
                 self._writer.commit()

@@ -50,3 +50,31 @@ def test_key_depends_on_every_part():
     base = dict(model="a", layer="l", dataset="d", dtype="float16")
     keys = {cache_key(**base)} | {cache_key(**{**base, k: "other"}) for k in base}
     assert len(keys) == 1 + len(base)
+
+
+def test_interrupted_run_resumes_with_the_rows_it_wrote(tmp_path):
+    store = ActivationStore(tmp_path)
+    key = cache_key(model="resume")
+    acts = torch.randn(6, 2, 2, 2)
+    w = store.writer(key, (6, 2, 2, 2), "float32")
+    w.write(torch.tensor([0, 3]), acts[[0, 3]])
+    del w  # killed: no commit, no close
+    w2 = store.writer(key, (6, 2, 2, 2), "float32")
+    assert w2.done.tolist() == [True, False, False, True, False, False]
+    w2.write(torch.tensor([1, 2, 4, 5]), acts[[1, 2, 4, 5]])
+    entry = w2.commit()
+    assert torch.equal(entry.rows(np.arange(6)), acts)
+    # another layout (or resume=False) starts afresh
+    w3 = store.writer(cache_key(model="resume2"), (6, 2, 2, 2), "float32", resume=False)
+    assert not w3.done.any()
+
+
+def test_commit_refuses_missing_rows(tmp_path):
+    store = ActivationStore(tmp_path)
+    w = store.writer("k", (3, 1, 1, 1))
+    w.write(torch.tensor([0, 2]), torch.zeros(2, 1, 1, 1))
+    import pytest
+
+    with pytest.raises(RuntimeError, match="never written"):
+        w.commit()
+    assert store.get("k") is None

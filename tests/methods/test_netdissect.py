@@ -103,3 +103,39 @@ def test_two_processes_give_the_same_file(miniature):
     one = (_run(miniature, out="one", **kw) / "explanations.csv").read_bytes()
     two = (_run(miniature, devices=2, out="two", **kw) / "explanations.csv").read_bytes()
     assert one == two
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfter:
+    """A callback that kills the predict loop after a few batches, like a job hitting its time limit."""
+
+    def __new__(cls, n):
+        from lightning.pytorch import Callback
+
+        class CrashAfter(Callback):
+            def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+                if batch_idx == n:
+                    raise _Crash()
+
+        return CrashAfter()
+
+
+def test_interrupted_run_resumes_to_the_same_table(miniature):
+    clean = (_run(miniature, out="clean") / "explanations.csv").read_bytes()
+    cache = miniature / "cache2"
+    dm = BrodenDataModule(root=str(miniature / "broden"), batch_size=3, cache_dir=str(cache))
+    method = NetDissect(model=MODEL, layer="features", output_dir=str(miniature / "x"), cache_dir=str(cache))
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[_CrashAfter(2)])
+    with pytest.raises(_Crash):
+        trainer.predict(method, datamodule=dm, return_predictions=False)
+    assert not (miniature / "x" / "explanations.csv").exists()
+    partial = list((cache / "activations").glob("*.partial"))
+    assert len(partial) == 1 and not [p for p in (cache / "activations").iterdir() if not p.name.endswith(".partial")]
+    dm = BrodenDataModule(root=str(miniature / "broden"), batch_size=3, cache_dir=str(cache))
+    method = NetDissect(model=MODEL, layer="features", output_dir=str(miniature / "x"), cache_dir=str(cache))
+    Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).predict(
+        method, datamodule=dm, return_predictions=False)
+    assert (miniature / "x" / "explanations.csv").read_bytes() == clean
