@@ -215,6 +215,10 @@ class CocoDataModule(InstanceDataModule):
         missing: list[str] = []
         n_crowd = n_small = 0
         for s, (coco, (ann_file, img_dir)) in enumerate(zip(cocos, self._splits)):
+            orphans = sorted({int(a["image_id"]) for a in coco.dataset["annotations"]} - set(coco.imgs))
+            handle_missing(self.on_missing_image, [f"image id {i}" for i in orphans],
+                           f"annotated images missing from the 'images' list of {ann_file}",
+                           "Use an unmodified instances file")
             listing = set(p.name for p in img_dir.iterdir()) if img_dir.is_dir() else set()
             for img_id in sorted(coco.imgs):
                 anns = coco.imgToAnns.get(img_id, [])

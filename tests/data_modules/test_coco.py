@@ -6,6 +6,7 @@ every sample is recovered from the transformed pixels (image and mask must share
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -200,3 +201,19 @@ def test_bad_annotation_files(tmp_path):
     (root / "annotations" / "instances_val2017.json").write_text('{"images": [')
     with pytest.raises(ValueError, match="instances_val2017.json"):
         _dm(root).label_names
+
+
+def test_annotations_of_images_missing_from_the_json(tmp_path, caplog):
+    root = tmp_path / "coco"
+    path = write_coco(root, "train", _images("train"))
+    write_coco(root, "val", _images("val"))
+    data = json.loads(path.read_text())
+    data["images"] = [im for im in data["images"] if im["id"] != 103]  # its annotations stay
+    path.write_text(json.dumps(data))
+    with pytest.raises(FileNotFoundError, match="image id 103"):
+        _dm(root).label_names
+    with caplog.at_level(logging.WARNING):
+        dm = _dm(root, on_missing_image="skip")
+        dm.setup("fit")
+    assert "image id 103" in caplog.text
+    assert len(dm.instance_dataset("train")) == 4  # images 101 and 102 (crowd excluded)
