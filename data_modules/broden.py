@@ -28,15 +28,22 @@ Decisions (each one a choice between the upstream codebases, made explicit here)
   order; with ``min_image_count = m > 0`` only those occurring in at least m kept images, where "occurring"
   means: present in at least one pixel of a PNG plane of a selected category, or listed as an image-level
   entry of a selected category, of that image. Those counts need one pass over the PNGs; it is the same pass
-  that builds the concept index, and :class:`BrodenDataModule` caches its result.
+  that builds the concept index, and :class:`BrodenDataModule` caches its result. The primary category is
+  taken over *all* categories, so a label whose primary category is not selected (``fabric``: material(36);
+  object(3), without material) is left out of a derived vocabulary even where it appears in an object PNG
+  (NetDissect-Lite); naming it in ``concepts`` keeps it (its recorded category is then the selected category
+  with the largest coverage). ``image_level`` is True for a concept when every selected category listing it
+  holds integer entries in index.csv (scene, texture).
 * **Label ids**: an id found in a PNG (or an integer cell of a selected category) that label.csv does not
   define is always an error naming the file and the id. A defined id outside the vocabulary is ignored.
 * ``mask_shape`` (sh, sw) and ``image_shape`` (ih, iw) must be constant over the kept rows (one Broden variant).
 
-Speed: one image costs a PNG decode per plane plus one ``np.unique`` over its (P * sh * sw) pixel keys
-(inside :meth:`ConceptIndex.from_label_planes`), with no per-pixel Python. Measured on this 2-core machine:
-3,000 images of 112x112 with 4 planes (color, object, 2 parts) + scene build in about 9 s (3 ms/image),
-without DataLoader workers.
+Speed (vectorised per image, no per-pixel Python): one image costs a PNG decode per plane, one lookup-table
+gather and one sort-based deduplication of its (P * sh * sw) pixel keys (ConceptIndex.from_label_planes, which
+runs inside the DataLoader workers together with the decoding). Measured on the shared 2-core dev machine
+(load average ~10 from other jobs): 3,000 images of 112x112 with 4 planes (color, object, 2 parts) + scene,
+111.5 M index entries, build in 26 s of CPU time (8.7 ms/image, about 4 ms of it decoding the 4 PNGs; 85 s
+wall under that load), without workers. Full ADE (22,210 images) is then ~3 CPU-minutes, split over the workers.
 """
 
 from __future__ import annotations
@@ -170,8 +177,21 @@ class _AnnotationView(Dataset):
         return self.dataset.annotations(i)
 
 
-def _as_list(batch: list) -> list:
-    return batch
+class _ChunkIndexer:
+    """DataLoader ``collate_fn``: a chunk of annotations -> its ConceptIndex arrays (runs in the workers).
+
+    Returns (pixel_offsets local to the chunk, pixel_concepts, image_concepts (B, C)), so that PNG decoding and
+    the per-image deduplication of :meth:`ConceptIndex.from_label_planes` both run in parallel.
+    """
+
+    def __init__(self, lut: np.ndarray, num_concepts: int, mask_shape: tuple[int, int]) -> None:
+        self.lut, self.num_concepts, self.mask_shape = lut, num_concepts, mask_shape
+
+    def __call__(self, batch: list[tuple[np.ndarray, list[int]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        part = ConceptIndex.from_label_planes(
+            [b[0] for b in batch], [b[1] for b in batch], self.lut, self.num_concepts, self.mask_shape
+        )
+        return part.pixel_offsets, part.pixel_concepts, part.image_concepts
 
 
 class BrodenDataset(Dataset):
@@ -183,7 +203,8 @@ class BrodenDataset(Dataset):
         root: the Broden folder holding index.csv, label.csv, c_*.csv and images/ (e.g. ``data/broden1_224``).
         categories: categories to read, e.g. NetDissect's default ``("object", "part", "scene", "texture",
             "color")``; add ``"material"`` for CCE. None = every category known to the dataset. A category must
-            be an index.csv column with labels defined (c_<category>.csv or label.csv); categories not
+            be an index.csv column with labels defined (c_<category>.csv or label.csv), else ValueError; one
+            with no entries in the selected rows just contributes nothing (texture on ADE). Categories not
             requested may be empty or absent.
         subset: keep rows whose image path starts with this folder (``ade20k``, ``pascal``, ``dtd``,
             ``opensurfaces``); when ``index_<subset>.csv`` exists next to index.csv its rows are used instead.
@@ -392,6 +413,7 @@ class BrodenDataset(Dataset):
                 raise ValueError(
                     f"the selected Broden rows of {self.index_file} mix {what} sizes {shapes}; select rows of one "
                     f"variant (broden1_224: 224/112, broden1_227: 227/113, broden1_384: 384/192) with `subset`/`split`"
+                    + (" or set `image_size`" if what.startswith("image") else "")
                 )
         self.mask_shape: tuple[int, int] = masks[0]
         self.image_shape: tuple[int, int] = (self.image_size, self.image_size) if self.image_size else images[0]
@@ -482,6 +504,8 @@ class BrodenDataset(Dataset):
     def _candidates(self) -> ConceptVocabulary:
         """Every label whose primary category is selected, in number order (before ``min_image_count``)."""
         ids = [n for n in sorted(self._names) if self._primary(n) in self.categories]
+        if not ids:
+            raise ValueError(f"no label of {self.root / 'label.csv'} has its primary category in {list(self.categories)}")
         return self._vocab_of(ids, [self._primary(n) for n in ids])
 
     def _vocab_of(self, ids: list[int], cats: list[str]) -> ConceptVocabulary:
@@ -554,14 +578,14 @@ class BrodenDataset(Dataset):
         lut = np.full(_NUM_IDS, -1, dtype=np.int64)
         lut[list(vocab.label_ids)] = np.arange(len(vocab))
         sh, sw = self.mask_shape
-        loader = DataLoader(_AnnotationView(self), batch_size=chunk_size, num_workers=num_workers, collate_fn=_as_list)
+        collate = _ChunkIndexer(lut, len(vocab), (sh, sw))
+        loader = DataLoader(_AnnotationView(self), batch_size=chunk_size, num_workers=num_workers, collate_fn=collate)
         offsets, concepts, images, start = [], [], [], 0
-        for batch in loader:  # ordered: chunk k holds rows [start, start + len(batch))
-            part = ConceptIndex.from_label_planes([b[0] for b in batch], [b[1] for b in batch], lut, len(vocab), (sh, sw))
-            offsets.append(part.pixel_offsets + start * sh * sw)
-            concepts.append(part.pixel_concepts)
-            images.append(part.image_concepts)
-            start += len(batch)
+        for off, con, img in loader:  # in order: chunk k holds rows [start, start + len(chunk))
+            offsets.append(off + start * sh * sw)
+            concepts.append(con)
+            images.append(img)
+            start += len(img)
         return ConceptIndex(torch.cat(offsets), torch.cat(concepts), torch.cat(images), (sh, sw))
 
     def build_concept_index(self, num_workers: int = 0, chunk_size: int = 256) -> ConceptIndex:
@@ -578,6 +602,9 @@ class BrodenDataset(Dataset):
             cand = self._candidates()
             full = self._build(cand, num_workers, chunk_size)
             keep = np.flatnonzero(full.concept_image_counts().numpy() >= self.min_image_count)
+            if not len(keep):
+                raise ValueError(f"no concept occurs in {self.min_image_count} of the {len(self)} selected Broden images; "
+                                 f"lower `min_image_count`")
             self._vocabulary = cand.subset(keep.tolist())
             self._index_cache = _subset_concepts(full, keep)
             return self._index_cache
