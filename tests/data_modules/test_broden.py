@@ -448,3 +448,13 @@ def test_copying_the_root_keeps_reading_the_same(broden_miniature, tmp_path):
     dst = shutil.copytree(broden_miniature.root, tmp_path / "copy")
     a, b = BrodenDataset(broden_miniature.root), BrodenDataset(dst)
     assert a.vocabulary == b.vocabulary and a.image_names == b.image_names
+
+
+def test_image_size_disagreeing_with_the_index_and_empty_vocabulary(broden_copy):
+    root = broden_copy.root
+    ds = BrodenDataset(root)
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "images" / ds.image_names[2], format="JPEG")
+    with pytest.raises(BrodenFormatError, match=r"ADE_train_00000002\.jpg is 10x12 but .*index\.csv says 16x16"):
+        ds[2]
+    with pytest.raises(ValueError, match=r"no concept occurs in 100 of the 20 selected Broden images"):
+        _ = BrodenDataset(root, min_image_count=100).vocabulary
