@@ -72,8 +72,8 @@ def netdissect_lite_tally(acts: torch.Tensor, thresholds: np.ndarray, planes: li
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=8000)
-    ap.add_argument("--layer", default="layer3")
-    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--layer", default="layer4")
+    ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--ref-images", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--root", default="data/bench")

@@ -236,6 +236,62 @@ class ConceptIndex:
             out += (areas.T @ img_level.to(torch.float64)).round().to(torch.int64)
         return out
 
+    def pair_intersections(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, pair_units: torch.Tensor,
+                           num_units: int, max_entries: int = 1 << 24) -> torch.Tensor:
+        """Intersections summed per unit for sparse (image, unit) pairs.
+
+        When only a few (image, unit) pairs can be active (NetDissect's top-0.5 % threshold), tallying just
+        those pairs beats materialising every unit's bitmap on every image. Each pair's bitmap is compared with
+        its image's concept entries: one gather and one bincount over all pairs.
+
+        Args:
+            bitmaps: (P, H) bool, the bitmap of each pair on the mask grid.
+            image_ids: (P,) dataset index of each pair's image (repeats allowed).
+            pair_units: (P,) unit position (0..num_units-1) of each pair.
+            num_units: U.
+            max_entries: bound on gathered entries per step (memory).
+
+        Returns:
+            (U, C) int64 with ``out[u, c] = sum_{p: unit u} |bitmap[p] & mask_c[image p]|``.
+        """
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        pair_units = torch.as_tensor(pair_units, dtype=torch.int64)
+        c = self.num_concepts
+        out = torch.zeros(num_units * c, dtype=torch.int64)
+        counts = self.image_ptr[image_ids + 1] - self.image_ptr[image_ids]
+        start = 0
+        while start < len(image_ids):  # chunks of pairs whose entries fit in max_entries
+            cum = torch.cumsum(counts[start:], 0)
+            stop = start + max(1, int((cum <= max_entries).sum()))
+            b, pix, con = self._entries(image_ids[start:stop])
+            if b.numel():
+                hits = bitmaps[start:stop][b, pix]
+                key = pair_units[start:stop][b] * c + con
+                out += torch.bincount(key[hits], minlength=num_units * c)
+            start = stop
+        out = out.view(num_units, c)
+        img_level = self.image_concepts[image_ids]  # (P, C)
+        if bool(img_level.any()):
+            areas = bitmaps.sum(1).to(torch.int64)  # (P,)
+            out.index_add_(0, pair_units, areas[:, None] * img_level.to(torch.int64))
+        return out
+
+    def pair_category_hits(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, concept_category: torch.Tensor,
+                           num_categories: int) -> torch.Tensor:
+        """(P, K) bool: per (image, unit) pair, whether its bitmap covers a concept of category k (see
+        :meth:`category_hits`)."""
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        concept_category = torch.as_tensor(concept_category, dtype=torch.int64)
+        k = num_categories
+        b, pix, con = self._entries(image_ids)
+        out = torch.zeros(len(image_ids) * k, dtype=torch.int64)
+        if b.numel():
+            hits = bitmaps[b, pix]
+            out += torch.bincount((b * k + concept_category[con])[hits], minlength=len(image_ids) * k)
+        onehot = torch.nn.functional.one_hot(concept_category, k).to(torch.float32)
+        img_cat = (self.image_concepts[image_ids].to(torch.float32) @ onehot) > 0
+        return (out.view(-1, k) > 0) | img_cat
+
     def per_image_intersections(self, bitmaps: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
         """(B, U, C) int64 ``|bitmap[b, u] & mask_c[b]|`` per image (for per-sample metrics and heuristics).
 

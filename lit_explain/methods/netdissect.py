@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-from lit_explain.activations.bitmaps import unit_bitmaps
+from lit_explain.activations.bitmaps import upsample_to_mask
 from lit_explain.activations.store import ActivationEntry
 from lit_explain.methods.dissection import DissectionMethod
 from lit_explain.metrics.dissection_iou import DissectionIoU
@@ -42,15 +43,32 @@ class NetDissect(DissectionMethod):
 
     def tally(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
               thresholds: torch.Tensor) -> DissectionIoU:
-        """Accumulate the IoU states over this rank's images; returns the (unsynced) metric."""
+        """Accumulate the IoU states over this rank's images; returns the (unsynced) metric.
+
+        Only (image, unit) pairs whose stored per-image maximum reaches the threshold are upsampled and
+        tallied: bilinear upsampling is a convex combination, so every other pair has an empty bitmap. At the
+        0.995 quantile that is a small fraction of all pairs; the result is identical to the dense tally.
+        """
         index = self.concept_index
         cat = torch.tensor(self.vocabulary.category_codes()) if self.hparams.category_restricted_union else None
         metric = DissectionIoU(len(units), index.num_concepts, concept_category=cat)
+        thr = thresholds.to(torch.float32)
+        # a margin keeps float rounding of the interpolation from hiding a pixel just above the threshold
+        select = thr - (thr.abs() * 1e-5 + 1e-12)
         units_np = units.numpy()
-        for chunk in self.image_chunks(local_indices, len(units)):
-            acts = entry.rows(chunk.numpy())[:, units_np]
-            bitmaps = unit_bitmaps(acts, index.mask_shape, thresholds.to(torch.float32))
-            metric.update(bitmaps, chunk, index)
+        for chunk in local_indices.split(1024):
+            metric.add_images(chunk, index)
+            ids = chunk.numpy()
+            maxes = torch.from_numpy(np.asarray(entry.maxes[ids][:, units_np]))  # (B, U)
+            img, unit = torch.nonzero(maxes > select, as_tuple=True)
+            if len(img) == 0:
+                continue
+            acts = torch.from_numpy(np.asarray(entry.acts[ids[img.numpy()], units_np[unit.numpy()]], dtype=np.float32))
+            for s in range(0, len(img), 4096):
+                sl = slice(s, s + 4096)
+                up = upsample_to_mask(acts[sl, None], index.mask_shape).flatten(1)  # (P, H)
+                bitmaps = up > thr[unit[sl]][:, None]
+                metric.update_pairs(bitmaps, chunk[img[sl]], unit[sl], index)
         return metric
 
     def explain(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,

@@ -85,3 +85,23 @@ def test_two_processes_equal_one():
     results = run_distributed(_ddp_rank, 2, 5)
     for r in results:
         assert torch.equal(r, single.compute())
+
+
+@pytest.mark.parametrize("restricted", [False, True])
+def test_sparse_pairs_equal_dense_update(restricted):
+    masks, image_level, bitmaps = _problem(seed=7)
+    bitmaps[2, 1] = False  # pairs with empty bitmaps are left out below
+    index = ConceptIndex.from_dense(masks, image_level)
+    cat = torch.tensor([0, 1, 1, 2, 0, 2]) if restricted else None
+    dense = DissectionIoU(3, 6, concept_category=cat)
+    dense.update(bitmaps, torch.arange(9), index)
+    sparse = DissectionIoU(3, 6, concept_category=cat)
+    sparse.add_images(torch.arange(9), index)
+    flat = bitmaps.flatten(2)
+    img, unit = torch.nonzero(flat.any(-1), as_tuple=True)
+    perm = torch.randperm(len(img), generator=torch.Generator().manual_seed(0))  # any pair order
+    sparse.update_pairs(flat[img[perm], unit[perm]], img[perm], unit[perm], index)
+    for name in ("intersection", "unit_area", "concept_area", "unit_category_area", "num_images"):
+        assert torch.equal(getattr(sparse, name), getattr(dense, name)), name
+    # chunked gathering gives the same
+    assert torch.equal(index.pair_intersections(flat[img, unit], img, unit, 3, max_entries=7), dense.intersection)
