@@ -51,3 +51,39 @@ def test_malformed_config_fails_clearly(tmp_path, capsys):
         main(["predict", "--config", str(bad)])
     assert exc.value.code != 0
     assert "layerz" in capsys.readouterr().err
+
+
+def test_missing_dataset_exits_nonzero_without_cache(tmp_path):
+    """Run as a user would (a subprocess): clear message naming the path, exit code != 0, no cache, no results."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "trainer_cli.py"), "predict", "--config", str(ROOT / "tests/conf/netdissect_miniature.yaml"),
+         "--data.root", str(tmp_path / "no_such_broden"), "--data.cache_dir", str(tmp_path / "cache"),
+         "--model.cache_dir", str(tmp_path / "cache"), "--model.output_dir", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "no_such_broden" in proc.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override,exc,message", [
+    (["--model.weights", "{tmp}/missing.ckpt"], FileNotFoundError, "missing.ckpt"),
+    (["--model.weights", "default", "--model.model", "torchvision:resnet18", "--model.layer", "layer4"],
+     FileNotFoundError, "resnet18"),
+    (["--model.layer", "featurs"], ValueError, "features"),
+])
+def test_bad_model_input_fails_without_cache(tmp_path, monkeypatch, override, exc, message):
+    make_miniature(tmp_path / "broden")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in override]
+    with pytest.raises(exc, match=message):
+        main(["predict", "--config", str(ROOT / "tests/conf/netdissect_miniature.yaml"),
+              "--data.root", str(tmp_path / "broden"), "--data.cache_dir", str(tmp_path / "cache"),
+              "--model.cache_dir", str(tmp_path / "cache"), "--model.output_dir", str(tmp_path / "out"), *args])
+    assert not list((tmp_path / "cache").glob("activations/*/meta.json"))
+    assert not (tmp_path / "out" / "explanations.csv").exists()

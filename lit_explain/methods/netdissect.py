@@ -20,10 +20,11 @@ import torch
 
 from lit_explain.activations.bitmaps import upsample_to_mask
 from lit_explain.activations.store import ActivationEntry
+from lit_explain.concepts.index import ConceptIndex
 from lit_explain.methods.dissection import DissectionMethod
 from lit_explain.metrics.dissection_iou import DissectionIoU
 
-__all__ = ["NetDissect"]
+__all__ = ["NetDissect", "tally_iou"]
 
 
 class NetDissect(DissectionMethod):
@@ -43,33 +44,9 @@ class NetDissect(DissectionMethod):
 
     def tally(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
               thresholds: torch.Tensor) -> DissectionIoU:
-        """Accumulate the IoU states over this rank's images; returns the (unsynced) metric.
-
-        Only (image, unit) pairs whose stored per-image maximum reaches the threshold are upsampled and
-        tallied: bilinear upsampling is a convex combination, so every other pair has an empty bitmap. At the
-        0.995 quantile that is a small fraction of all pairs; the result is identical to the dense tally.
-        """
-        index = self.concept_index
+        """Accumulate the IoU states over this rank's images (see :func:`tally_iou`); unsynced metric."""
         cat = torch.tensor(self.vocabulary.category_codes()) if self.hparams.category_restricted_union else None
-        metric = DissectionIoU(len(units), index.num_concepts, concept_category=cat)
-        thr = thresholds.to(torch.float32)
-        # a margin keeps float rounding of the interpolation from hiding a pixel just above the threshold
-        select = thr - (thr.abs() * 1e-5 + 1e-12)
-        units_np = units.numpy()
-        for chunk in local_indices.split(1024):
-            metric.add_images(chunk, index)
-            ids = chunk.numpy()
-            maxes = torch.from_numpy(np.asarray(entry.maxes[ids][:, units_np]))  # (B, U)
-            img, unit = torch.nonzero(maxes > select, as_tuple=True)
-            if len(img) == 0:
-                continue
-            acts = torch.from_numpy(np.asarray(entry.acts[ids[img.numpy()], units_np[unit.numpy()]], dtype=np.float32))
-            for s in range(0, len(img), 4096):
-                sl = slice(s, s + 4096)
-                up = upsample_to_mask(acts[sl, None], index.mask_shape).flatten(1)  # (P, H)
-                bitmaps = up > thr[unit[sl]][:, None]
-                metric.update_pairs(bitmaps, chunk[img[sl]], unit[sl], index)
-        return metric
+        return tally_iou(entry, local_indices, units, thresholds, self.concept_index, cat)
 
     def explain(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
                 thresholds: torch.Tensor) -> list[dict[str, Any]]:
@@ -110,3 +87,41 @@ class NetDissect(DissectionMethod):
                 row[f"{name}_iou"] = float(iou[j, b])
             rows.append(row)
         return rows
+
+
+def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tensor, thresholds: torch.Tensor,
+              index: ConceptIndex, concept_category: torch.Tensor | None = None,
+              pairs_per_step: int = 4096) -> DissectionIoU:
+    """The NetDissect tally of cached activations against a concept index, as a (unsynced) DissectionIoU.
+
+    Only (image, unit) pairs whose stored per-image maximum reaches the threshold are upsampled and tallied:
+    bilinear upsampling is a convex combination, so every other pair has an empty bitmap. At the 0.995
+    quantile that is a small fraction of all pairs; the result is identical to tallying dense bitmaps.
+
+    Args:
+        entry: the activation cache entry (N, U_all, h, w) with per-image maxima.
+        image_ids: (B,) images to tally (this rank's share).
+        units: (U,) unit indices into the entry.
+        thresholds: (U,) thresholds; a unit is on where the upsampled activation is strictly above.
+        index: the dataset's concept index.
+        concept_category: optional (C,) category codes for NetDissect-Lite's category-restricted union.
+        pairs_per_step: pairs upsampled at once (memory: pairs * mask pixels floats).
+    """
+    metric = DissectionIoU(len(units), index.num_concepts, concept_category=concept_category)
+    thr = thresholds.to(torch.float32)
+    # a margin keeps float rounding of the interpolation from hiding a pixel just above the threshold
+    select = thr - (thr.abs() * 1e-5 + 1e-12)
+    units_np = torch.as_tensor(units).numpy()
+    for chunk in torch.as_tensor(image_ids, dtype=torch.int64).split(1024):
+        metric.add_images(chunk, index)
+        ids = chunk.numpy()
+        maxes = torch.from_numpy(np.asarray(entry.maxes[ids][:, units_np]))  # (B, U)
+        img, unit = torch.nonzero(maxes > select, as_tuple=True)
+        if len(img) == 0:
+            continue
+        acts = torch.from_numpy(np.asarray(entry.acts[ids[img.numpy()], units_np[unit.numpy()]], dtype=np.float32))
+        for s in range(0, len(img), pairs_per_step):
+            sl = slice(s, s + pairs_per_step)
+            up = upsample_to_mask(acts[sl, None], index.mask_shape).flatten(1)  # (P, H)
+            metric.update_pairs(up > thr[unit[sl]][:, None], chunk[img[sl]], unit[sl], index)
+    return metric
