@@ -17,8 +17,9 @@ using the world's pixel signatures (:mod:`lit_explain.synth.concepts`):
 Unit grammar (:mod:`lit_explain.synth.formula`): a concept name (the leaves above), ``a OR b`` (max),
 ``a AND b`` (min), ``a AND NOT b`` (relu(a - b)), parentheses, and weighted sums ``w1*a + w2*b``. Leaves
 are combined at image resolution, then average-pooled by ``stride`` to the output of the layer named
-``features``: (B, U, H / stride, W / stride). Leaf values are in [0, 1], so a unit without weights is in
-[0, 1] and thresholding at 0.5 recovers its concept mask.
+``features``: (B, U, H / stride, W / stride). Leaf values are in [0, 1] (pixel leaves are ~0.9-1 inside
+their concept, highest in region interiors, 0 outside), so a unit without weights is in [0, 1] and
+thresholding at 0.5 recovers its concept mask.
 
 Load it like any user model: ``python:lit_explain.synth.planted:planted_model`` (keyword arguments pass
 through).
@@ -86,12 +87,18 @@ class PlantedFeatures(nn.Module):
         mean, std: the normalisation the input images carry (undone before measuring colours).
         colors: palette name -> RGB in [0, 1] (defaults to the world palette).
         scenes: scene name -> background base RGB (defaults to the world's).
+        peak: pixel detectors are scaled by ``1 - peak + peak * (5x5 local mean of the detector)``, so they
+            peak in the interior of a region instead of forming a flat plateau at 1 (a plateau makes a
+            top-quantile threshold such as NetDissect's 0.005 equal the plateau, and ``a > thr`` empty).
     """
 
     def __init__(self, unit_specs: Sequence[str], stride: int = 4, mean: Sequence[float] = (0.485, 0.456, 0.406),
                  std: Sequence[float] = (0.229, 0.224, 0.225), colors: dict | None = None,
-                 scenes: dict | None = None) -> None:
+                 scenes: dict | None = None, peak: float = 0.1) -> None:
         super().__init__()
+        if not 0.0 <= float(peak) < 0.5:
+            raise ValueError(f"planted model: peak must be in [0, 0.5), got {peak}")
+        self.peak = float(peak)
         colors = dict(COLORS if colors is None else colors)
         scenes = dict(SCENES if scenes is None else scenes)
         self.color_names = list(colors)
@@ -110,7 +117,7 @@ class PlantedFeatures(nn.Module):
         self.register_buffer("scene_bases", torch.tensor(list(scenes.values()), dtype=torch.float32))
         # the unit formulas are part of the model's identity: keep them in the state dict (activation caches
         # key on a hash of the weights)
-        code = ("\n".join(self.unit_specs) + f"\nstride={self.stride}").encode()
+        code = ("\n".join(self.unit_specs) + f"\nstride={self.stride}\npeak={self.peak}").encode()
         self.register_buffer("unit_code", torch.tensor(list(code), dtype=torch.uint8))
 
     def leaves(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -124,10 +131,14 @@ class PlantedFeatures(nn.Module):
         dist = (hue[:, None] - self.color_hues.view(1, -1, 1, 1)).abs()
         dist = torch.minimum(dist, 360.0 - dist)
         col = obj[:, None] * _ramp_up(-dist, -_HUE_ZERO, -_HUE_FULL)  # (B, K, H, W)
-        out = {name: col[:, k] for k, name in enumerate(self.color_names)}
-        out["rim"] = obj * _ramp_up(-mx, -_RIM_HI, -_RIM_LO)
         sat = chroma / mx.clamp_min(1e-6)
-        out["cap"] = obj * _ramp_up(-sat, -_CAP_HI, -_CAP_LO)
+        rim = obj * _ramp_up(-mx, -_RIM_HI, -_RIM_LO)
+        cap = obj * _ramp_up(-sat, -_CAP_HI, -_CAP_LO)
+        pix = torch.cat([col, rim[:, None], cap[:, None]], 1)  # (B, K + 2, H, W)
+        if self.peak > 0:  # highest in the interior of a region, so top quantiles are not a flat plateau
+            local = F.avg_pool2d(pix, 5, 1, 2, count_include_pad=False)
+            pix = pix * ((1.0 - self.peak) + self.peak * local)
+        out = {name: pix[:, k] for k, name in enumerate([*self.color_names, "rim", "cap"])}
         # scenes: mean background colour, distance to the segment a * base, a in _SCENE_SCALE
         w = (1.0 - obj)[:, None]
         mean_bg = (rgb * w).sum((2, 3)) / w.sum((2, 3)).clamp_min(1.0)  # (B, 3)
@@ -179,7 +190,7 @@ class PlantedModel(nn.Module):
 
 def planted_model(world_root: str | None = None, units: Sequence[str] = DEFAULT_UNITS, stride: int = 4,
                   mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                  num_classes: int | None = None) -> PlantedModel:
+                  num_classes: int | None = None, peak: float = 0.1) -> PlantedModel:
     """Build a planted-unit model.
 
     Args:
@@ -189,6 +200,7 @@ def planted_model(world_root: str | None = None, units: Sequence[str] = DEFAULT_
         stride: pooling factor from image to feature resolution (64 px images, stride 4 -> 16 x 16).
         mean, std: input normalisation to undo (the Broden data modules' ImageNet default).
         num_classes: size of the fixed ``fc`` read-out (default: one logit per unit).
+        peak: interior peaking of pixel detectors (see :class:`PlantedFeatures`); 0 gives flat plateaus.
 
     Returns:
         :class:`PlantedModel` with ``.features`` (the layer to probe) and ``.unit_specs``.
@@ -204,5 +216,5 @@ def planted_model(world_root: str | None = None, units: Sequence[str] = DEFAULT_
         concepts = json.loads(path.read_text())["concepts"]
         colors = {c["name"]: tuple(c["rgb"]) for c in concepts if c["category"] == "color"}
         scenes = {c["name"]: tuple(c["rgb"]) for c in concepts if c["category"] == "scene"}
-    feats = PlantedFeatures(list(units), stride=stride, mean=mean, std=std, colors=colors, scenes=scenes)
+    feats = PlantedFeatures(list(units), stride=stride, mean=mean, std=std, colors=colors, scenes=scenes, peak=peak)
     return PlantedModel(feats, num_classes=num_classes)

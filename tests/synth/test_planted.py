@@ -90,6 +90,21 @@ def test_single_concept_units_match_ground_truth(data):
         assert max(others) < 0.05, name
 
 
+def test_top_quantile_of_a_unit_lies_inside_its_concept(data):
+    """Pixel detectors peak inside regions, so NetDissect's 99.5th-percentile threshold selects a non-empty
+    bitmap of that concept (a flat plateau would give an empty ``a > thr``)."""
+    _, x, gt = data
+    names = COLORS + ["rim", "cap"]
+    with torch.no_grad():
+        f = planted_model(units=names).features(x)  # default stride 4
+    up = F.interpolate(f, size=(32, 32), mode="bilinear", align_corners=False).numpy()
+    for u, name in enumerate(names):
+        thr = np.quantile(f[:, u].numpy(), 994 / 999)
+        bitmap = up[:, u] > thr
+        assert bitmap.sum() > 0, name
+        assert (bitmap & gt(name)).sum() / bitmap.sum() >= 0.9, name
+
+
 def test_composed_and_graded_units(data):
     _, x, gt = data
     units = ["red OR blue", "yellow AND NOT rim", "(purple OR pink) AND rim", "1*red + 2*blue", "1*sky + 2*yellow"]
