@@ -1,0 +1,499 @@
+"""A self-contained static HTML report browsing every explained unit of a dissection run (``report.html``).
+
+One file, openable from ``file://`` with no server and no network: inline CSS and JavaScript, the result rows
+embedded as JSON in a ``<script type="application/json">`` element (browsers refuse ``fetch`` of local files),
+unit cards referenced relatively (``units/unit_0005.png``) or, with ``embed_images``, inlined as data URIs.
+
+The page shows a summary header (method, model, layer, dataset and vocabulary sizes, units above the IoU
+threshold, explanations per category), a sortable and filterable table with one row per (unit, range) and
+the ranges of a unit grouped together (CCE), a detail pane with the selected unit's cards and every column of
+its ranges, and, for compositional labels, the groups of units whose formulas are logically equivalent
+(:func:`lit_explain.concepts.formulas.group_equivalent`). Every string is data (concept names come from
+datasets), so it is escaped: ``html.escape`` in the header, a JSON encoding with ``<``, ``>`` and ``&`` as
+``\\u`` escapes inside the script element, and an ``esc`` helper for everything the script inserts.
+
+The view state lives in the URL fragment, so links are shareable and the page is testable headless:
+``#u=5&r=1`` selects unit 5 range 1, ``q=`` filters, ``cat=`` picks a category, ``sort=-iou`` sorts
+(``-``: descending), ``above=1`` keeps explanations above the threshold, ``flat=1`` ungroups ranges.
+Once rendered, the script sets ``data-ready="1"`` on ``<body>``; uncaught errors go to ``data-errors``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+from urllib.parse import quote
+
+from lit_explain.atomic import atomic_write_text
+from lit_explain.results import LEADING_COLUMNS, columns_of
+
+__all__ = ["write_report", "equivalence_groups", "CARD_NAME"]
+
+#: Card file stems written by :class:`~callbacks.explanation_writer.ExplanationWriter`: ``unit_<u>[_r<k>]``.
+CARD_NAME = re.compile(r"^unit_(\d+)(?:_r(\d+))?$")
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-safe value: numpy/torch scalars unwrapped, NaN -> None, +-inf -> "inf"/"-inf" (as results.py)."""
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float):
+        if math.isnan(v):
+            return None
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def _num(v: Any) -> float:
+    """A cell as a float for the summary: "inf" strings as infinities, anything else non-numeric as NaN."""
+    try:
+        return float(_plain(v))
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def equivalence_groups(labels: Sequence[str], names: Sequence[str]) -> list[list[int]] | None:
+    """Groups of positions into ``labels`` whose formulas are logically equivalent (pyeda-exact truth tables).
+
+    Args:
+        labels: one printed formula per (unit, range), as :meth:`Formula.to_str` writes them.
+        names: the concept vocabulary's names (dense ids), to parse the labels.
+
+    Returns:
+        Groups of two or more positions, at least one of length > 1, largest first; None when the analysis does
+        not apply (every label is a plain concept name, or the formulas module is not available). Labels that do
+        not parse as formulas over ``names`` are left out of every group.
+    """
+    try:
+        from lit_explain.concepts.formulas import group_equivalent, parse
+    except ImportError:  # the formulas module is optional for a plain NetDissect report
+        return None
+    parsed: dict[str, Any] = {}  # label -> Formula (None: not a formula over names)
+    classes: dict[tuple, int] = {}  # canonical key -> class; same canonical form implies equivalence
+    reps, members = [], []
+    for i, label in enumerate(map(str, labels)):
+        if label not in parsed:
+            try:
+                parsed[label] = parse(label, names)
+            except (ValueError, IndexError):  # FormulaParseError is a ValueError
+                parsed[label] = None
+        f = parsed[label]
+        if f is None:
+            continue
+        j = classes.setdefault(f.key, len(reps))
+        if j == len(reps):
+            reps.append(f)
+            members.append([])
+        members[j].append(i)
+    if not any(f.length > 1 for f in reps):
+        return None
+    groups = [sorted(i for j in g for i in members[j]) for g in group_equivalent(reps)
+              if any(reps[j].length > 1 for j in g)]
+    return sorted((g for g in groups if len(g) > 1), key=lambda g: (-len(g), g[0]))
+
+
+def _card_sources(out: Path, cards: Mapping[str, Path] | None, embed: bool) -> dict[str, str]:
+    """``"<unit>/<cluster>"`` -> image src (a relative URL, or a data URI when ``embed``)."""
+    if cards is None:
+        cards = {p.stem: p for p in sorted((out / "units").glob("unit_*.png"))}
+    sources = {}
+    for name, path in cards.items():
+        m = CARD_NAME.match(Path(str(name)).stem)
+        if m is None:
+            raise ValueError(f"unit card name {name!r} is not of the form unit_<unit>[_r<range>] "
+                             f"(the names ExplanationWriter gives its cards)")
+        path = Path(path) if Path(path).is_absolute() else out / path
+        if not path.is_file():
+            raise FileNotFoundError(f"unit card {path} (card {name!r}) does not exist: write the cards before the "
+                                    f"report, or pass cards=None to use the PNGs found in {out / 'units'}")
+        key = f"{int(m[1])}/{int(m[2] or 0)}"
+        if embed:
+            sources[key] = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+        else:
+            sources[key] = "/".join(quote(p) for p in Path(os.path.relpath(path, out)).parts)
+    return sources
+
+
+def _header(meta: Mapping[str, Any], rows: list[dict[str, Any]], names: Sequence[str] | None, thr: float) -> str:
+    """The static summary header (escaped HTML)."""
+    e = lambda v: html.escape(str(v))  # noqa: E731
+    hp = meta.get("hparams") or {}
+    best: dict[Any, float] = {}
+    for r in rows:
+        iou = _num(r.get("iou"))
+        best[r.get("unit")] = max(best.get(r.get("unit"), -math.inf), iou if iou == iou else -math.inf)
+    above = sum(v > thr for v in best.values())
+    per_cat: dict[str, list[int]] = {}
+    for r in rows:
+        c = per_cat.setdefault(str(r.get("category", "")) or "(none)", [0, 0])
+        c[0] += 1
+        c[1] += _num(r.get("iou")) > thr
+    most = max([n for n, _ in per_cat.values()] + [1])
+    cats_html = "".join(
+        f'<tr><td><span class="cat" data-cat="{e(c)}">{e(c)}</span></td><td>{n}</td><td>{a}</td>'
+        f'<td class="catbar"><span style="width:{100 * n / most:.1f}%"><i style="width:{100 * a / max(1, n):.1f}%"></i>'
+        f'</span></td></tr>'
+        for c, (n, a) in sorted(per_cat.items(), key=lambda kv: (-kv[1][0], kv[0])))
+    mean = sum(v for v in best.values() if v > -math.inf) / max(1, len(best))
+    tiles = [(len(best), "units explained"), (f"{above} / {len(best)}", f"units with IoU > {thr:g}"),
+             (f"{mean:.3f}", "mean best IoU"), (meta.get("num_images", "?"), "images"),
+             (len(names) if names is not None else "?", "concepts")]
+    facts = [("weights", hp.get("weights")), ("explanations", len(rows))]
+    facts += [(k.replace("_", " "), " × ".join(str(s) for s in meta[k])) for k in ("activation_shape", "mask_shape")
+              if meta.get(k)]
+    config = json.dumps({k: _plain(v) for k, v in hp.items()}, indent=1, default=str)
+    if meta.get("config"):
+        config += "\n\n" + str(meta["config"])
+    return (f'<h1>{e(meta.get("method", "Dissection"))} <small>{e(hp.get("model", ""))} · layer '
+            f'{e(hp.get("layer", ""))}</small></h1><div class="summary"><div><div class="tiles">'
+            + "".join(f"<div><b>{e(v)}</b><span>{e(k)}</span></div>" for v, k in tiles)
+            + '</div><p class="facts">' + " · ".join(f"{e(k)} <b>{e(v)}</b>" for k, v in facts if v is not None)
+            + f'</p><details><summary>run configuration</summary><pre>{e(config)}</pre></details></div>'
+            f'<table class="cats"><thead><tr><th>category</th><th>explanations</th><th>IoU&gt;{thr:g}</th>'
+            f'<th></th></tr></thead><tbody>{cats_html}</tbody></table></div>')
+
+
+def write_report(output_dir: str | Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
+                 cards: Mapping[str, Path] | None = None, *, embed_images: bool = False,
+                 iou_threshold: float | None = None, filename: str = "report.html") -> Path:
+    """Write ``<output_dir>/report.html`` atomically and return its path.
+
+    Args:
+        output_dir: the run's output folder (the one holding ``explanations.csv`` and ``units/``).
+        rows: the unified result table (:mod:`lit_explain.results`), one dict per (unit, range).
+        meta: run metadata as in ``explanations.json``: ``method``, ``hparams`` (``model``, ``layer``,
+            ``weights``, ``iou_threshold``), ``vocabulary`` (a ``ConceptVocabulary.to_dict()`` or the object),
+            ``num_images``, ``activation_shape``, ``mask_shape``, ``config`` (YAML text); all optional.
+        cards: card name (``unit_<u>[_r<k>]``) -> PNG path (absolute, or relative to ``output_dir``); None finds
+            ``output_dir/units/unit_*.png``.
+        embed_images: inline the cards as base64 data URIs (a file that can be moved alone, but larger).
+        iou_threshold: the "interpretable" threshold; default ``meta["hparams"]["iou_threshold"]`` or 0.04.
+        filename: name of the report inside ``output_dir``.
+
+    Raises:
+        ValueError / FileNotFoundError: a card name that is not ``unit_<u>[_r<k>]``, or a missing card file.
+    """
+    out = Path(output_dir)
+    rows = [{k: _plain(v) for k, v in r.items()} for r in rows]
+    hp = meta.get("hparams") or {}
+    thr = float(iou_threshold if iou_threshold is not None else hp.get("iou_threshold", 0.04))
+    vocab = meta.get("vocabulary")
+    names = (vocab.get("names") if isinstance(vocab, Mapping) else getattr(vocab, "names", None)) if vocab else None
+    groups = equivalence_groups([r.get("label", "") for r in rows], list(names)) if names else None
+    columns = columns_of(rows)
+    numeric = [c for c in columns if c not in LEADING_COLUMNS and all(
+        isinstance(r.get(c), (int, float)) or r.get(c) in (None, "inf", "-inf") for r in rows)]
+    if any(r.get("threshold") not in (None, r.get("range_lo")) for r in rows):
+        numeric.insert(0, "threshold")  # shown only when it is not the lower range bound (NetDissect/CoEx)
+    data = {"columns": columns, "numeric": numeric, "threshold": thr, "rows": rows, "groups": groups,
+            "cards": _card_sources(out, cards, embed_images)}
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, default=str)
+    text = text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")  # only inside strings
+    title = f"{meta.get('method', 'Dissection')} · {hp.get('model', '')} · {hp.get('layer', '')}"
+    parts = {"TITLE": html.escape(title), "HEADER": _header(meta, rows, names, thr), "DATA": text}
+    page = re.sub(r"@@(TITLE|HEADER|DATA)@@", lambda m: parts[m[1]], _TEMPLATE)  # one pass: no re-substitution
+    return atomic_write_text(out / filename, page)
+
+
+_TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>@@TITLE@@</title>
+<style>
+body{font:13px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d2433;background:#f5f6f8}
+header{padding:12px 20px;background:#fff;border-bottom:1px solid #dde1e7}
+h1{font-size:19px;margin:0 0 8px}h1 small{color:#667;font-weight:400}a{color:#2357c6}button{font:inherit}
+.summary{display:flex;gap:12px 40px;flex-wrap:wrap;align-items:flex-start}
+.tiles{display:flex;gap:10px}.tiles div{background:#f5f6f8;border-radius:6px;padding:6px 12px;min-width:80px}
+.tiles b{display:block;font-size:20px}.tiles span{color:#667;font-size:11px}
+.facts{margin:8px 0 0;color:#667}.facts b{color:#1d2433;font-weight:500}
+table{border-collapse:collapse}.cats td,.cats th{padding:1px 8px;text-align:left}
+.cats td:nth-child(2),.cats td:nth-child(3){text-align:right}
+.catbar{width:140px}.catbar span,.catbar i{display:block;height:9px;background:#c7d6f7;border-radius:2px}
+.catbar i{background:#4a7de0}
+details{margin-top:6px}pre{max-height:240px;overflow:auto;background:#f5f6f8;padding:6px;font-size:11px}
+main{display:flex;gap:12px;padding:12px 20px;align-items:flex-start}#left{flex:1 1 62%;min-width:0}
+#detail{flex:1 1 38%;position:sticky;top:8px;max-height:calc(100vh - 16px);overflow:auto;background:#fff;
+ border:1px solid #dde1e7;border-radius:6px;padding:10px}
+.controls{display:flex;gap:10px;align-items:center;margin-bottom:6px;flex-wrap:wrap}
+.controls input[type=search]{width:260px;padding:4px}#count{color:#667}
+.wrap{overflow:auto;max-height:calc(100vh - 60px);background:#fff;border:1px solid #dde1e7;border-radius:6px}
+#units th{position:sticky;top:0;background:#eef1f5;cursor:pointer;padding:4px 6px;text-align:left;white-space:nowrap;
+ user-select:none}
+#units th.sorted{background:#dbe4f3}#units td{padding:3px 6px;border-top:1px solid #eef0f3;white-space:nowrap}
+#units tr.first td{border-top:1px solid #c9cfd8}#units tr td.cont{color:transparent}
+#units tbody tr{cursor:pointer}#units tbody tr:hover{background:#f3f7ff}#units tr.sel{background:#ffeeb8!important}
+#units tr.low td{color:#8a92a0}td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.iou{position:relative;min-width:70px}td.iou b{position:relative;font-weight:500}
+td.iou span{position:absolute;left:0;bottom:2px;height:3px;background:#6f97e8;border-radius:2px}
+td.label{font-weight:600;max-width:340px;overflow:hidden;text-overflow:ellipsis}
+.cat{display:inline-block;padding:0 6px;border-radius:8px;font-size:11px;background:hsl(var(--h),70%,88%);
+ color:hsl(var(--h),60%,25%)}
+figure{margin:0 0 10px;border:2px solid transparent;border-radius:4px}figure.sel{border-color:#f2b600}
+figure img{max-width:100%;display:block;image-rendering:pixelated}figcaption{font-size:12px;color:#445;padding:2px 4px}
+.nocard{padding:3px 6px;background:#f5f6f8;color:#889;font-size:11px}#detail h2{margin:0 0 8px;font-size:16px}
+#detail table td,#detail table th{padding:1px 8px 1px 0;text-align:left;vertical-align:top}
+#detail table td:first-child{color:#667}
+#groups{padding:0 20px 20px}#groups li{margin:3px 0}code{background:#eef1f5;padding:0 3px;border-radius:3px}
+</style></head>
+<body data-ready="0">
+<script>window.addEventListener("error", function (e) {
+  var b = document.body, p = b.getAttribute("data-errors");
+  b.setAttribute("data-errors", (p ? p + " | " : "") + e.message);
+});</script>
+<header>@@HEADER@@</header>
+<main><section id="left"><div class="controls">
+<input type="search" id="q" placeholder="filter: concept, category or unit number">
+<select id="cat"><option value="">all categories</option></select>
+<label><input type="checkbox" id="above"> IoU &gt; <span id="thr"></span> only</label>
+<label id="grouplab"><input type="checkbox" id="group" checked> group ranges by unit</label>
+<span id="count"></span></div>
+<div class="wrap"><table id="units"><thead></thead><tbody></tbody></table></div><div id="more"></div></section>
+<aside id="detail"></aside></main>
+<section id="groups"></section>
+<script type="application/json" id="report-data">@@DATA@@</script>
+<script>
+(function () {
+"use strict";
+var D = JSON.parse(document.getElementById("report-data").textContent), R = D.rows, T = D.threshold;
+var ESC = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"};
+function $(id) { return document.getElementById(id); }
+function esc(s) { return String(s).replace(/[&<>"']/g, function (c) { return ESC[c]; }); }
+function num(v) {
+  if (v === "inf") return Infinity;
+  if (v === "-inf") return -Infinity;
+  return typeof v === "number" ? v : typeof v === "boolean" ? +v : NaN;
+}
+function fmt(v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "boolean") return v ? "\u2713" : "";
+  if (v === "inf") return "\u221e";
+  if (v === "-inf") return "\u2212\u221e";
+  if (typeof v === "number") return Number.isInteger(v) ? String(v) : String(parseFloat(v.toPrecision(4)));
+  return String(v);
+}
+function hue(s) {  // a stable colour per category name
+  var h = 0; s = String(s);
+  for (var i = 0; i < s.length; i++) h = (h * 31 + s.charCodeAt(i)) % 360;
+  return h;
+}
+function cat(s) { return '<span class="cat" style="--h:' + hue(s) + '">' + esc(s) + "</span>"; }
+function cl(r) { return r.cluster || 0; }
+function key(r) { return r.unit + "/" + cl(r); }
+function byCluster(a, b) { return cl(a) - cl(b); }
+function bounds(r) { return "[" + esc(fmt(r.range_lo)) + ", " + esc(fmt(r.range_hi)) + ")"; }
+
+var byUnit = {}, multi = false, inGroup = {}, cats = {};
+R.forEach(function (r, i) {
+  r._i = i; (byUnit[r.unit] = byUnit[r.unit] || []).push(r);
+  if (r.category) cats[r.category] = 1;
+});
+Object.keys(byUnit).forEach(function (u) { byUnit[u].sort(byCluster); if (byUnit[u].length > 1) multi = true; });
+(D.groups || []).forEach(function (g, k) { g.forEach(function (i) { inGroup[i] = k; }); });
+var maxIoU = Math.max.apply(null, R.map(function (r) { return num(r.iou) || 0; }).concat([1e-9]));
+// [column, heading]; bounds stand for range_lo and range_hi, "_card" marks rows that have a card
+var COLS = [["unit", "unit"], ["cluster", "range"], ["range_lo", "bounds"], ["label", "label"],
+  ["category", "category"], ["length", "len"], ["iou", "IoU"]].filter(function (c) {
+  return D.columns.indexOf(c[0]) >= 0 && (c[0] !== "cluster" || multi);
+}).concat(D.numeric.map(function (c) { return [c, c.replace(/_/g, " ")]; }), [["_card", "card"]]);
+var S = {q: "", cat: "", above: false, sort: "iou", desc: true, flat: !multi, sel: null, limit: 1000};
+
+function val(r, c) { return c === "_card" ? (D.cards[key(r)] ? 1 : 0) : r[c]; }
+function cmp(a, b) {  // the current sort; numbers before missing values, then unit and range
+  var x = val(a, S.sort), y = val(b, S.sort), nx = num(x), ny = num(y), d;
+  if (!isNaN(nx) || !isNaN(ny)) {
+    if (isNaN(nx)) return 1;
+    if (isNaN(ny)) return -1;
+    d = nx - ny;
+  } else d = String(x == null ? "" : x).localeCompare(String(y == null ? "" : y));
+  if (S.desc) d = -d;
+  return d || (a.unit - b.unit) || (cl(a) - cl(b));
+}
+function keep(r) {  // digits match the unit number, other words the label or category
+  if (S.cat && r.category !== S.cat) return false;
+  if (S.above && !(num(r.iou) > T)) return false;
+  var hay = (String(r.label) + " " + String(r.category)).toLowerCase();
+  return S.q.toLowerCase().split(/\s+/).filter(Boolean).every(function (t) {
+    return /^\d+$/.test(t) ? String(r.unit) === t : hay.indexOf(t) >= 0;
+  });
+}
+function ordered() {  // grouped: units ordered by their best range, ranges in ascending order inside
+  var rows = R.filter(keep);
+  if (S.flat) return rows.sort(cmp);
+  var groups = {}, list = [];
+  rows.forEach(function (r) {
+    if (!groups[r.unit]) list.push(groups[r.unit] = []);
+    groups[r.unit].push(r);
+  });
+  list.forEach(function (g) { g.best = g.slice().sort(cmp)[0]; g.sort(byCluster); });
+  list.sort(function (a, b) { return cmp(a.best, b.best); });
+  return [].concat.apply([], list);
+}
+function cell(r, c, prev) {
+  var v = r[c];
+  var cont = prev && prev.unit === r.unit && !S.flat;  // later ranges of a grouped unit: unit number hidden
+  if (c === "unit") return '<td class="n' + (cont ? " cont" : "") + '">' + esc(v) + "</td>";
+  if (c === "range_lo") return '<td class="n">' + bounds(r) + "</td>";
+  if (c === "label") return '<td class="label" title="' + esc(v) + '">' + esc(v) + "</td>";
+  if (c === "category") return "<td>" + (v ? cat(v) : "") + "</td>";
+  if (c === "iou") {
+    var w = (100 * Math.max(0, num(v) || 0) / maxIoU).toFixed(1);
+    return '<td class="n iou"><span style="width:' + w + '%"></span><b>' + esc(fmt(v)) + "</b></td>";
+  }
+  if (c === "_card") return '<td class="n">' + (D.cards[key(r)] ? "\u25a3" : "") + "</td>";
+  return '<td class="n">' + esc(fmt(v)) + "</td>";
+}
+function renderTable() {
+  $("units").tHead.innerHTML = "<tr>" + COLS.map(function (c) {
+    var on = S.sort === c[0];
+    return '<th data-c="' + esc(c[0]) + '"' + (on ? ' class="sorted"' : "") + ">" + esc(c[1]) +
+      (on ? (S.desc ? " \u25be" : " \u25b4") : "") + "</th>";
+  }).join("") + "</tr>";
+  var rows = ordered(), shown = rows.slice(0, S.limit), h = [], prev = null, units = {};
+  shown.forEach(function (r) {
+    var cls = [];
+    if (!prev || prev.unit !== r.unit || S.flat) cls.push("first");
+    if (!(num(r.iou) > T)) cls.push("low");
+    if (r._i === S.sel) cls.push("sel");
+    h.push('<tr data-i="' + r._i + '" data-unit="' + esc(r.unit) + '" data-cluster="' + esc(cl(r)) + '" class="' +
+      cls.join(" ") + '">' + COLS.map(function (c) { return cell(r, c[0], prev); }).join("") + "</tr>");
+    prev = r;
+  });
+  $("units").tBodies[0].innerHTML = h.join("");
+  rows.forEach(function (r) { units[r.unit] = 1; });
+  $("count").textContent = rows.length + " of " + R.length + " explanations, " + Object.keys(units).length + " units";
+  $("more").innerHTML = rows.length > shown.length ? '<button id="showall">show all ' + rows.length + "</button>" : "";
+  if ($("showall")) $("showall").onclick = function () { S.limit = Infinity; renderTable(); };
+}
+function link(i) {
+  var r = R[i], many = byUnit[r.unit].length > 1;
+  return '<a href="#u=' + encodeURIComponent(r.unit) + "&r=" + encodeURIComponent(cl(r)) + '">unit ' + esc(r.unit) +
+    (many ? " r" + esc(cl(r)) : "") + "</a>";
+}
+function renderDetail() {
+  var d = $("detail");
+  if (S.sel === null || !R[S.sel]) { d.innerHTML = "<p>Select a unit in the table.</p>"; return; }
+  var r0 = R[S.sel], rs = byUnit[r0.unit], many = rs.length > 1;
+  var h = ["<h2>unit " + esc(r0.unit) + (many ? " <small>(" + rs.length + " ranges)</small>" : "") + "</h2>"];
+  rs.forEach(function (r) {
+    var src = D.cards[key(r)];
+    h.push('<figure class="' + (r === r0 ? "sel" : "") + '">' + (src ? '<img alt="unit card" src="' + esc(src) + '">' :
+      '<div class="nocard">no card (cards are drawn for the highest-IoU explanations only)</div>') + "<figcaption>" +
+      (many ? "range " + esc(cl(r)) + " " : "") + bounds(r) + ": <b>" + esc(r.label) + "</b> " +
+      (r.category ? cat(r.category) : "") + " IoU " + esc(fmt(r.iou)) + "</figcaption></figure>");
+  });
+  h.push("<table><thead><tr><th></th>" + rs.map(function (r) {
+    return "<th>" + (many ? "range " + esc(cl(r)) : "") + "</th>";
+  }).join("") + "</tr></thead><tbody>");
+  D.columns.forEach(function (c) {
+    h.push("<tr><td>" + esc(c) + "</td>" + rs.map(function (r) { return "<td>" + esc(fmt(r[c])) + "</td>"; }).join("") +
+      "</tr>");
+  });
+  h.push("</tbody></table>");
+  rs.forEach(function (r) {
+    var g = inGroup[r._i];
+    if (g === undefined) return;
+    h.push("<p>" + (many ? "range " + esc(cl(r)) + ": " : "") + "equivalent explanations in " +
+      D.groups[g].filter(function (i) { return i !== r._i; }).map(link).join(", ") + "</p>");
+  });
+  d.innerHTML = h.join("");
+  d.querySelectorAll("img").forEach(function (img) {  // data-loaded: the browser decoded the card (tests read it)
+    function done() { img.setAttribute("data-loaded", img.naturalWidth > 0 ? "1" : "error"); }
+    if (img.complete) done();
+    img.addEventListener("load", done);
+    img.addEventListener("error", done);
+  });
+}
+function renderGroups() {
+  if (!D.groups || !D.groups.length) return;
+  $("groups").innerHTML = "<h2>Logically equivalent explanations</h2><p>Units whose formulas are equivalent " +
+    "(exact truth tables over their concepts), even where written differently.</p><ul>" +
+    D.groups.map(function (g) {
+      var forms = {};
+      g.forEach(function (i) { forms[R[i].label] = 1; });
+      return '<li data-group="' + g.join(",") + '">' + Object.keys(forms).map(function (f) {
+        return "<code>" + esc(f) + "</code>";
+      }).join(" \u2261 ") + ": " + g.map(link).join(", ") + "</li>";
+    }).join("") + "</ul>";
+}
+function writeHash() {
+  var p = [];
+  if (S.sel !== null) p.push("u=" + encodeURIComponent(R[S.sel].unit), "r=" + encodeURIComponent(cl(R[S.sel])));
+  if (S.q) p.push("q=" + encodeURIComponent(S.q));
+  if (S.cat) p.push("cat=" + encodeURIComponent(S.cat));
+  if (S.above) p.push("above=1");
+  if (multi && S.flat) p.push("flat=1");
+  if (!(S.sort === "iou" && S.desc)) p.push("sort=" + (S.desc ? "-" : "") + encodeURIComponent(S.sort));
+  try { history.replaceState(null, "", "#" + p.join("&")); } catch (e) { /* some file:// setups refuse */ }
+}
+function readHash() {
+  var h = {};
+  location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
+    var k = kv.split("=");
+    if (k[0]) h[k[0]] = decodeURIComponent(k.slice(1).join("="));
+  });
+  if (h.q !== undefined) S.q = h.q;
+  if (h.cat !== undefined) S.cat = h.cat;
+  if (h.above) S.above = h.above === "1";
+  if (h.flat) S.flat = h.flat === "1" || !multi;
+  if (h.sort) { S.desc = h.sort[0] === "-"; S.sort = h.sort.replace(/^-/, ""); }
+  if (h.u !== undefined) {
+    var m = (byUnit[h.u] || []).filter(function (r) { return String(cl(r)) === (h.r || "0"); });
+    if (!m.length) m = byUnit[h.u] || [];
+    if (m.length) S.sel = m[0]._i;
+  }
+  $("q").value = S.q; $("cat").value = S.cat; $("above").checked = S.above; $("group").checked = !S.flat;
+}
+function all() { renderTable(); renderDetail(); }
+function on(id, ev, f) { $(id)["on" + ev] = function (e) { f.call(this, e); renderTable(); writeHash(); }; }
+
+$("cat").innerHTML += Object.keys(cats).sort().map(function (c) {
+  return '<option value="' + esc(c) + '">' + esc(c) + "</option>";
+}).join("");
+$("thr").textContent = String(T);
+if (!multi) $("grouplab").style.display = "none";
+document.querySelectorAll(".cats .cat").forEach(function (e) {
+  e.style.setProperty("--h", hue(e.getAttribute("data-cat")));
+});
+on("q", "input", function () { S.q = this.value; S.limit = 1000; });
+on("cat", "change", function () { S.cat = this.value; });
+on("above", "change", function () { S.above = this.checked; });
+on("group", "change", function () { S.flat = !this.checked; });
+$("units").tHead.onclick = function (e) {
+  var th = e.target.closest("th");
+  if (!th) return;
+  var c = th.getAttribute("data-c");
+  if (S.sort === c) S.desc = !S.desc;
+  else { S.sort = c; S.desc = ["label", "category", "unit", "cluster"].indexOf(c) < 0; }
+  renderTable(); writeHash();
+};
+$("units").tBodies[0].onclick = function (e) {
+  var tr = e.target.closest("tr");
+  if (tr) { S.sel = +tr.getAttribute("data-i"); all(); writeHash(); }
+};
+document.addEventListener("keydown", function (e) {  // arrow keys walk the table
+  if (e.target.tagName === "INPUT" || (e.key !== "ArrowDown" && e.key !== "ArrowUp")) return;
+  var rows = ordered(), k = rows.findIndex(function (r) { return r._i === S.sel; });
+  var n = rows[Math.max(0, Math.min(rows.length - 1, k + (e.key === "ArrowDown" ? 1 : -1)))];
+  if (!n) return;
+  S.sel = n._i; all(); writeHash(); e.preventDefault();
+  var tr = document.querySelector('tr[data-i="' + n._i + '"]');
+  if (tr) tr.scrollIntoView({block: "nearest"});
+});
+window.addEventListener("hashchange", function () { readHash(); all(); });
+readHash();
+if (S.sel === null && R.length) S.sel = (ordered()[0] || R[0])._i;
+all();
+renderGroups();
+document.body.setAttribute("data-ready", "1");
+})();
+</script></body></html>
+"""
