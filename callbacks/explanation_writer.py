@@ -6,6 +6,7 @@ In the run's ``output_dir`` (the method's argument):
 * ``explanations.json``: the same rows plus the method, its arguments, the concept vocabulary, the activation
   cache used and the resolved CLI configuration (when the CLI saved one);
 * ``units/unit_<u>[_r<k>].png``: cards of the highest-IoU units: top images, activation region and label mask;
+* ``report.html``: a self-contained static page browsing every unit (:mod:`lit_explain.viz.report`);
 * TensorBoard (when the trainer has a TensorBoardLogger): the table as text, the cards as images, and
   scalars (units above the interpretability threshold, mean IoU).
 
@@ -28,6 +29,7 @@ from PIL import Image
 from lit_explain.activations.bitmaps import unit_bitmaps
 from lit_explain.atomic import atomic_write, atomic_write_text
 from lit_explain.results import write_csv, write_json
+from lit_explain.viz.report import write_report
 from lit_explain.viz.unit_cards import unit_card
 
 __all__ = ["ExplanationWriter"]
@@ -40,10 +42,12 @@ class ExplanationWriter(Callback):
 
     Args:
         pictures: whether to draw unit cards.
+        report: whether to write ``report.html``, the static HTML report of all units (with the cards).
     """
 
-    def __init__(self, pictures: bool = True) -> None:
+    def __init__(self, pictures: bool = True, report: bool = True) -> None:
         self.pictures = pictures
+        self.report = report
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rows = getattr(pl_module, "results", None)
@@ -59,6 +63,9 @@ class ExplanationWriter(Callback):
         write_csv(rows, out / "explanations.csv")
         write_json(rows, out / "explanations.json", **pl_module.result_meta, config=config_text)
         cards = self._draw(trainer, pl_module, rows, out) if self.pictures else []
+        if self.report:
+            write_report(out, rows, {**pl_module.result_meta, "config": config_text},
+                         {name: out / "units" / f"{name}.png" for name, _ in cards})
         self._tensorboard(trainer, pl_module, rows, cards)
         log.info("wrote %d explanations to %s", len(rows), out)
 
