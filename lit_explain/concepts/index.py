@@ -80,6 +80,18 @@ class ConceptIndex:
         self.image_ptr = torch.zeros(n + 1, dtype=torch.int64)
         self.image_ptr[1:] = torch.cumsum(torch.bincount(image_of_entry, minlength=n), 0)
         self._image_areas: torch.Tensor | None = None
+        # slot of each entry among the entries of its pixel (0, 1, ...): lets a set of images be laid out as
+        # dense (B, depth, H) label planes, depth = the most concepts on one pixel
+        e = self.pixel_offsets.numel()
+        if e:
+            first = torch.ones(e, dtype=torch.bool)
+            first[1:] = self.pixel_offsets[1:] != self.pixel_offsets[:-1]
+            start = torch.cummax(torch.where(first, torch.arange(e), torch.zeros(e, dtype=torch.int64)), 0).values
+            self.pixel_slots = torch.arange(e) - start
+            self.depth = int(self.pixel_slots.max()) + 1
+        else:
+            self.pixel_slots = torch.zeros(0, dtype=torch.int64)
+            self.depth = 0
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -168,19 +180,20 @@ class ConceptIndex:
         return (self.image_areas() > 0).sum(0).to(torch.int64)
 
     # ------------------------------------------------------------------ slicing
-    def _entries(self, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Entries of the given images: (local image position b, pixel within image, concept)."""
+    def _entries(self, image_ids: torch.Tensor, with_slots: bool = False) -> tuple[torch.Tensor, ...]:
+        """Entries of the given images: (local image position b, pixel within image, concept[, slot])."""
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
         starts, ends = self.image_ptr[image_ids], self.image_ptr[image_ids + 1]
         counts = ends - starts
         total = int(counts.sum())
         if total == 0:
             z = torch.zeros(0, dtype=torch.int64)
-            return z, z, z
-        b = torch.repeat_interleave(torch.arange(len(image_ids)), counts)
-        first = torch.repeat_interleave(starts - torch.cumsum(counts, 0) + counts, counts)
+            return (z, z, z, z) if with_slots else (z, z, z)
+        b = torch.repeat_interleave(torch.arange(len(image_ids)), counts, output_size=total)
+        first = torch.repeat_interleave(starts - torch.cumsum(counts, 0) + counts, counts, output_size=total)
         e = first + torch.arange(total)
-        return b, self.pixel_offsets[e] % self.pixel_size, self.pixel_concepts[e]
+        out = (b, self.pixel_offsets[e] % self.pixel_size, self.pixel_concepts[e])
+        return (*out, self.pixel_slots[e]) if with_slots else out
 
     def dense_masks(self, image_ids: torch.Tensor, concepts: torch.Tensor | None = None) -> torch.Tensor:
         """Dense masks (B, C', sh, sw) bool of the given images for the given concepts (all when None)."""
@@ -236,39 +249,55 @@ class ConceptIndex:
             out += (areas.T @ img_level.to(torch.float64)).round().to(torch.int64)
         return out
 
+    def label_planes(self, image_ids: torch.Tensor) -> torch.Tensor:
+        """Dense (B, depth, H) int64 concept ids of the given images, -1 where a pixel has fewer concepts.
+
+        ``depth`` is the largest number of (pixel-level) concepts on one pixel in the dataset (a handful for
+        Broden: colour, object, parts, material), so this is a small dense view of a batch of images.
+        """
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        planes = torch.full((len(image_ids), max(self.depth, 1), self.pixel_size), -1, dtype=torch.int64)
+        b, pix, con, slot = self._entries(image_ids, with_slots=True)
+        planes[b, slot, pix] = con
+        return planes
+
+    def _on_pixel_labels(self, bitmaps: torch.Tensor, image_ids: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the set pixels of (P, H) bitmaps: (pair index (n,), concept ids (n, depth) with -1 padding)."""
+        uniq, inverse = torch.unique(image_ids, return_inverse=True)
+        planes = self.label_planes(uniq)  # (B, depth, H)
+        p, q = bitmaps.nonzero(as_tuple=True)
+        return p, planes[inverse[p], :, q]
+
     def pair_intersections(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, pair_units: torch.Tensor,
-                           num_units: int, max_entries: int = 1 << 24) -> torch.Tensor:
+                           num_units: int, max_pairs: int = 4096) -> torch.Tensor:
         """Intersections summed per unit for sparse (image, unit) pairs.
 
         When only a few (image, unit) pairs can be active (NetDissect's top-0.5 % threshold), tallying just
-        those pairs beats materialising every unit's bitmap on every image. Each pair's bitmap is compared with
-        its image's concept entries: one gather and one bincount over all pairs.
+        those pairs beats materialising every unit's bitmap on every image. The pairs' images are laid out as
+        dense label planes; each set pixel of a pair's bitmap looks up its concepts there, and one bincount
+        over (unit, concept) keys sums everything. Cost: set pixels x planes.
 
         Args:
             bitmaps: (P, H) bool, the bitmap of each pair on the mask grid.
             image_ids: (P,) dataset index of each pair's image (repeats allowed).
             pair_units: (P,) unit position (0..num_units-1) of each pair.
             num_units: U.
-            max_entries: bound on gathered entries per step (memory).
+            max_pairs: pairs handled per step (memory: their images' planes and set pixels).
 
         Returns:
             (U, C) int64 with ``out[u, c] = sum_{p: unit u} |bitmap[p] & mask_c[image p]|``.
         """
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
         pair_units = torch.as_tensor(pair_units, dtype=torch.int64)
+        bitmaps = bitmaps.reshape(len(image_ids), -1)
         c = self.num_concepts
         out = torch.zeros(num_units * c, dtype=torch.int64)
-        counts = self.image_ptr[image_ids + 1] - self.image_ptr[image_ids]
-        start = 0
-        while start < len(image_ids):  # chunks of pairs whose entries fit in max_entries
-            cum = torch.cumsum(counts[start:], 0)
-            stop = start + max(1, int((cum <= max_entries).sum()))
-            b, pix, con = self._entries(image_ids[start:stop])
-            if b.numel():
-                hits = bitmaps[start:stop][b, pix]
-                key = pair_units[start:stop][b] * c + con
-                out += torch.bincount(key[hits], minlength=num_units * c)
-            start = stop
+        if self.depth:
+            for s in range(0, len(image_ids), max_pairs):
+                p, labels = self._on_pixel_labels(bitmaps[s : s + max_pairs], image_ids[s : s + max_pairs])
+                key = pair_units[s : s + max_pairs][p][:, None] * c + labels
+                out += torch.bincount(key[labels >= 0], minlength=num_units * c)
         out = out.view(num_units, c)
         img_level = self.image_concepts[image_ids]  # (P, C)
         if bool(img_level.any()):
@@ -282,12 +311,14 @@ class ConceptIndex:
         :meth:`category_hits`)."""
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
         concept_category = torch.as_tensor(concept_category, dtype=torch.int64)
+        bitmaps = bitmaps.reshape(len(image_ids), -1)
         k = num_categories
-        b, pix, con = self._entries(image_ids)
         out = torch.zeros(len(image_ids) * k, dtype=torch.int64)
-        if b.numel():
-            hits = bitmaps[b, pix]
-            out += torch.bincount((b * k + concept_category[con])[hits], minlength=len(image_ids) * k)
+        if self.depth and len(image_ids):
+            p, labels = self._on_pixel_labels(bitmaps, image_ids)
+            valid = labels >= 0
+            key = p[:, None] * k + concept_category[labels.clamp(min=0)]
+            out += torch.bincount(key[valid], minlength=len(image_ids) * k)
         onehot = torch.nn.functional.one_hot(concept_category, k).to(torch.float32)
         img_cat = (self.image_concepts[image_ids].to(torch.float32) @ onehot) > 0
         return (out.view(-1, k) > 0) | img_cat

@@ -84,3 +84,17 @@ def test_save_load_roundtrip(tmp_path):
     ids = torch.arange(7)
     assert torch.equal(back.intersections(bitmaps, ids), index.intersections(bitmaps, ids))
     assert [p.name for p in tmp_path.iterdir()] == ["idx.npz"]  # no temporary left behind
+
+
+def test_label_planes_hold_every_pixel_concept():
+    masks, image_level, _ = _random_problem(seed=4)
+    index = ConceptIndex.from_dense(masks, image_level)
+    ids = torch.tensor([3, 0, 6])
+    planes = index.label_planes(ids)  # (B, depth, H)
+    assert planes.shape[1] == int(masks.flatten(2).sum(1).max())
+    got = torch.zeros(3, 5, 30, dtype=torch.bool)
+    for k in range(planes.shape[1]):
+        b, q = torch.nonzero(planes[:, k] >= 0, as_tuple=True)
+        got[b, planes[b, k, q], q] = True
+    pixel_only = masks & ~image_level[:, :, None, None]
+    assert torch.equal(got, pixel_only[ids].flatten(2))
