@@ -163,7 +163,7 @@ def main() -> None:
             ids = torch.arange(s, min(s + 256, len(ds)))
             bm = unit_bitmaps(entry.rows(ids.numpy())[:, [u]], index.mask_shape, thr[[u]].float())[:, 0]  # (B, H)
             masks = index.dense_masks(ids).flatten(2)  # (B, C, H)
-            dense_inter[j] = (masks & bm[:, None, :]).sum((0, 2))
+            dense_inter[j] += (masks & bm[:, None, :]).sum((0, 2))
     t_unit_loop = (time.perf_counter() - t) / len(ref_units) * units
     assert torch.equal(dense_inter, metric.intersection[ref_units]), "per-unit loop differs"
 

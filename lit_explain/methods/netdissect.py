@@ -113,15 +113,13 @@ def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tens
     select = thr - (thr.abs() * 1e-5 + 1e-12)
     units_np = torch.as_tensor(units).numpy()
     for chunk in torch.as_tensor(image_ids, dtype=torch.int64).split(1024):
-        metric.add_images(chunk, index)
         ids = chunk.numpy()
-        maxes = torch.from_numpy(np.asarray(entry.maxes[ids][:, units_np]))  # (B, U)
+        maxes = torch.from_numpy(np.array(entry.maxes[ids][:, units_np]))  # (B, U)
         img, unit = torch.nonzero(maxes > select, as_tuple=True)
-        if len(img) == 0:
-            continue
         acts = torch.from_numpy(np.asarray(entry.acts[ids[img.numpy()], units_np[unit.numpy()]], dtype=np.float32))
-        for s in range(0, len(img), pairs_per_step):
+        for s in range(0, max(len(img), 1), pairs_per_step):
             sl = slice(s, s + pairs_per_step)
             up = upsample_to_mask(acts[sl, None], index.mask_shape).flatten(1)  # (P, H)
-            metric.update_pairs(up > thr[unit[sl]][:, None], chunk[img[sl]], unit[sl], index)
+            metric.update(up > thr[unit[sl]][:, None], chunk[img[sl]], index, pair_units=unit[sl],
+                          new_images=chunk if s == 0 else None)
     return metric

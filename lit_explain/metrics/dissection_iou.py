@@ -40,44 +40,37 @@ class DissectionIoU(Metric):
         self.add_state("unit_category_area", torch.zeros(num_units, max(k, 1), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("num_images", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, index: ConceptIndex) -> None:
-        """Add a batch of dense bitmaps.
+    def update(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, index: ConceptIndex,
+               pair_units: torch.Tensor | None = None, new_images: torch.Tensor | None = None) -> None:
+        """Add a batch, as dense bitmaps of every unit or as sparse (image, unit) pairs.
 
         Args:
-            bitmaps: (B, U, H) or (B, U, sh, sw) bool unit bitmaps on the index's mask grid.
-            image_ids: (B,) dataset indices of the images.
+            bitmaps: dense: (B, U, H) or (B, U, sh, sw) bool unit bitmaps on the index's mask grid;
+                pairs: (P, H) bool, one bitmap per (image, unit) pair (pairs left out must be empty).
+            image_ids: dense: (B,) dataset indices; pairs: (P,) the image of each pair.
             index: the dataset's concept index.
+            pair_units: pairs only: (P,) unit position of each pair.
+            new_images: pairs only: the images whose concept areas this call counts (each image of the dataset
+                must be counted exactly once over all calls, whether or not any of its pairs is active).
         """
-        flat = bitmaps.reshape(bitmaps.shape[0], bitmaps.shape[1], -1)
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64).cpu()
-        self.add_images(image_ids, index)
-        areas = flat.sum(-1).to(torch.int64)  # (B, U)
-        self.intersection += index.intersections(flat, image_ids).to(self.intersection.device)
-        self.unit_area += areas.sum(0).to(self.unit_area.device)
-        if self.concept_category is not None:
-            hits = index.category_hits(flat, image_ids, self.concept_category, self.num_categories)  # (B, U, K)
-            self.unit_category_area += (hits.to(torch.int64) * areas[:, :, None]).sum(0).to(self.unit_category_area.device)
-
-    def add_images(self, image_ids: torch.Tensor, index: ConceptIndex) -> None:
-        """Count the concept areas of images (each image exactly once), whatever the units do on them."""
-        image_ids = torch.as_tensor(image_ids, dtype=torch.int64).cpu()
-        self.concept_area += index.image_areas()[image_ids].to(torch.int64).sum(0).to(self.concept_area.device)
-        self.num_images += len(image_ids)
-
-    def update_pairs(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, pair_units: torch.Tensor,
-                     index: ConceptIndex) -> None:
-        """Add sparse (image, unit) pairs; pairs left out must have empty bitmaps. Call :meth:`add_images` for
-        every image once as well.
-
-        Args:
-            bitmaps: (P, H) bool bitmap of each pair.
-            image_ids: (P,) image of each pair.
-            pair_units: (P,) unit position of each pair.
-            index: the dataset's concept index.
-        """
+        if pair_units is None:
+            flat = bitmaps.reshape(bitmaps.shape[0], bitmaps.shape[1], -1)
+            self._add_images(image_ids, index)
+            areas = flat.sum(-1).to(torch.int64)  # (B, U)
+            self.intersection += index.intersections(flat, image_ids).to(self.intersection.device)
+            self.unit_area += areas.sum(0).to(self.unit_area.device)
+            if self.concept_category is not None:
+                hits = index.category_hits(flat, image_ids, self.concept_category, self.num_categories)  # (B,U,K)
+                self.unit_category_area += (hits.to(torch.int64) * areas[:, :, None]).sum(0).to(
+                    self.unit_category_area.device)
+            return
+        if new_images is not None:
+            self._add_images(torch.as_tensor(new_images, dtype=torch.int64).cpu(), index)
         bitmaps = bitmaps.reshape(bitmaps.shape[0], -1)
-        image_ids = torch.as_tensor(image_ids, dtype=torch.int64).cpu()
         pair_units = torch.as_tensor(pair_units, dtype=torch.int64).cpu()
+        if len(pair_units) == 0:
+            return
         areas = bitmaps.sum(1).to(torch.int64)
         self.intersection += index.pair_intersections(bitmaps, image_ids, pair_units, self.num_units).to(
             self.intersection.device)
@@ -86,6 +79,11 @@ class DissectionIoU(Metric):
             hits = index.pair_category_hits(bitmaps, image_ids, self.concept_category, self.num_categories)
             self.unit_category_area.index_add_(0, pair_units.to(self.unit_category_area.device),
                                                (hits.to(torch.int64) * areas[:, None]).to(self.unit_category_area.device))
+
+    def _add_images(self, image_ids: torch.Tensor, index: ConceptIndex) -> None:
+        """Count the concept areas of images (each image exactly once), whatever the units do on them."""
+        self.concept_area += index.image_areas()[image_ids].to(torch.int64).sum(0).to(self.concept_area.device)
+        self.num_images += len(image_ids)
 
     def compute(self) -> torch.Tensor:
         """(U, C) float64 dataset-level IoU."""

@@ -96,11 +96,13 @@ def test_sparse_pairs_equal_dense_update(restricted):
     dense = DissectionIoU(3, 6, concept_category=cat)
     dense.update(bitmaps, torch.arange(9), index)
     sparse = DissectionIoU(3, 6, concept_category=cat)
-    sparse.add_images(torch.arange(9), index)
     flat = bitmaps.flatten(2)
     img, unit = torch.nonzero(flat.any(-1), as_tuple=True)
     perm = torch.randperm(len(img), generator=torch.Generator().manual_seed(0))  # any pair order
-    sparse.update_pairs(flat[img[perm], unit[perm]], img[perm], unit[perm], index)
+    half = len(perm) // 2
+    sparse.update(flat[img[perm[:half]], unit[perm[:half]]], img[perm[:half]], index, pair_units=unit[perm[:half]],
+                  new_images=torch.arange(9))
+    sparse.update(flat[img[perm[half:]], unit[perm[half:]]], img[perm[half:]], index, pair_units=unit[perm[half:]])
     for name in ("intersection", "unit_area", "concept_area", "unit_category_area", "num_images"):
         assert torch.equal(getattr(sparse, name), getattr(dense, name)), name
     # chunked gathering gives the same
