@@ -138,15 +138,18 @@ class LaViSEWriter(Callback):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ex = getattr(pl_module, "explanations", None)
-        if ex is None or not trainer.is_global_zero:
+        if ex is None:
+            return
+        log_dir = trainer.log_dir  # a collective under DDP (it broadcasts): every rank must ask
+        if not trainer.is_global_zero:
             return
         hp = pl_module.hparams
         out = Path(self.output_dir or hp.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         rows = filter_rows(ex)
         config_text = None
-        if trainer.log_dir and (Path(trainer.log_dir) / "config.yaml").is_file():
-            config_text = (Path(trainer.log_dir) / "config.yaml").read_text()
+        if log_dir and (Path(log_dir) / "config.yaml").is_file():
+            config_text = (Path(log_dir) / "config.yaml").read_text()
             atomic_write_text(out / "config.yaml", config_text)
         write_table(rows, out / "filters.csv")
         atomic_write_json(out / "filters.json", dict(method="LaViSE", model=hp.model, weights=hp.weights,

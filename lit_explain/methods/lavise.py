@@ -84,7 +84,8 @@ class LaViSE(LightningModule):
         layer_classifier: top-level classification module the head replaces (``fc``, ``classifier``).
         text_encoder: the word-embedding space (``GloveEncoder``, ``SentenceTransformerEncoder``,
             ``OpenClipEncoder``; class_path configurable).
-        image_size: input side used for the dummy forward that sizes the head.
+        input_size: side of the square input used for the dummy forward that sizes the head (named apart from
+            the data modules' image_size so both can be logged as hyper-parameters).
         margin: hinge margin of the loss (1.0 in the paper).
         lr: Adam learning rate of the default optimiser (1e-4 in the authors' code). ``--optimizer`` /
             ``--lr_scheduler`` on the CLI replace the defaults.
@@ -126,7 +127,7 @@ class LaViSE(LightningModule):
         layer_target: str = "layer4",
         layer_classifier: str = "fc",
         text_encoder: TextEncoder | None = None,
-        image_size: int = 224,
+        input_size: int = 224,
         margin: float = 1.0,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -173,7 +174,7 @@ class LaViSE(LightningModule):
         self.text_encoder = text_encoder
         net = load_model(model, weights=weights, **(model_kwargs or {}))
         self.backbone = CutBackbone(net, layer_target, layer_classifier)
-        (self.num_channels, *grid), in_dim = self.backbone.shapes(image_size)
+        (self.num_channels, *grid), in_dim = self.backbone.shapes(input_size)
         self.head = ExplainerHead(in_dim, text_encoder.dim, dropout=dropout, bn_eval=head_bn_eval)
         if units is not None:
             bad = [u for u in units if not 0 <= int(u) < self.num_channels]
@@ -217,15 +218,20 @@ class LaViSE(LightningModule):
                            "(e.g. min_count / a label list) or use a sentence encoder.")
         return emb.float()
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lavise_label_names"] = list(self.label_names)
+    def get_extra_state(self) -> dict[str, Any]:
+        """The training label names travel with the state dict (checkpoints, ddp_spawn results)."""
+        return {"label_names": list(self.label_names)}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict", {})
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.label_names = list(state.get("label_names", []))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # the label buffers are sized by setup() for the current data (or empty before it): take the stored size
         for name in ("label_emb", "label_seen"):
-            if name in state:  # the buffers were sized for the current data; take the checkpoint's size
-                setattr(self, name, torch.empty_like(state[name]))
-        self.label_names = list(checkpoint.get("lavise_label_names", []))
+            stored = state_dict.get(prefix + name)
+            if stored is not None and stored.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def configure_callbacks(self):
         """In predict/test, add the recall@k and writer callbacks unless the trainer already has them."""
@@ -331,8 +337,7 @@ class LaViSE(LightningModule):
     # ------------------------------------------------------------------ predict: streaming pass
     def on_predict_epoch_start(self) -> None:
         hp = self.hparams
-        dm = self.trainer.datamodule
-        names, seen = self._dm_labels
+        names, _ = self._dm_labels
         loader = self.trainer.predict_dataloaders
         if isinstance(loader, (list, tuple)):
             loader = loader[0]
@@ -342,7 +347,6 @@ class LaViSE(LightningModule):
         self._stats = FilterStatistics(units, hp.top_images, len(self._predict_dataset), hp.quantile, len(names))
         self._vocab, self._vocab_emb = self._word_vocabulary(names)
         self.explanations = None
-        del dm
 
     def _word_vocabulary(self, label_names: list[str]) -> tuple[list[str], torch.Tensor]:
         src = self.hparams.word_source

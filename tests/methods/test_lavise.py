@@ -35,7 +35,7 @@ def _one_thread():
 
 def make_module(**kw) -> LaViSE:
     args = dict(model=COLOR_NET, layer_target="layer1", layer_classifier="fc", text_encoder=HashEncoder(32),
-                image_size=32, lr=3e-3, top_images=6, ks=[1, 5, 10])
+                input_size=32, lr=3e-3, top_images=6, ks=[1, 5, 10])
     args.update(kw)
     return LaViSE(**args)
 

@@ -181,6 +181,7 @@ def _ddp_recall(rank: int, world: int, topk, gt, seen):
 
 
 @pytest.mark.ddp
+@pytest.mark.slow
 def test_metric_ddp_sum_states_exact():
     g = torch.Generator().manual_seed(11)
     P, K = 33, 7
