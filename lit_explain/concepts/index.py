@@ -250,40 +250,52 @@ class ConceptIndex:
         return out
 
     def label_planes(self, image_ids: torch.Tensor) -> torch.Tensor:
-        """Dense (B, depth, H) int64 concept ids of the given images, -1 where a pixel has fewer concepts.
+        """Dense (B, depth, H) int32 concept ids of the given images, -1 where a pixel has fewer concepts.
 
         ``depth`` is the largest number of (pixel-level) concepts on one pixel in the dataset (a handful for
         Broden: colour, object, parts, material), so this is a small dense view of a batch of images.
         """
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
-        planes = torch.full((len(image_ids), max(self.depth, 1), self.pixel_size), -1, dtype=torch.int64)
+        planes = torch.full((len(image_ids), max(self.depth, 1), self.pixel_size), -1, dtype=torch.int32)
         b, pix, con, slot = self._entries(image_ids, with_slots=True)
-        planes[b, slot, pix] = con
+        planes[b, slot, pix] = con.to(torch.int32)
         return planes
 
-    def _on_pixel_labels(self, bitmaps: torch.Tensor, image_ids: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """For the set pixels of (P, H) bitmaps: (pair index (n,), concept ids (n, depth) with -1 padding)."""
-        uniq, inverse = torch.unique(image_ids, return_inverse=True)
-        planes = self.label_planes(uniq)  # (B, depth, H)
-        p, q = bitmaps.nonzero(as_tuple=True)
-        return p, planes[inverse[p], :, q]
+    def _on_pixel_labels(self, bitmaps: torch.Tensor, image_ids: torch.Tensor,
+                         planes: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         on: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the set pixels of (P, H) bitmaps: (pair index (n,), concept ids (n, depth) int64, -1 padding).
+
+        ``planes`` may pass ``(sorted image ids (B,), label_planes of them)`` covering every pair's image, and
+        ``on`` the bitmaps' ``nonzero(as_tuple=True)``, when the caller has them already.
+        """
+        if planes is None:
+            uniq, inverse = torch.unique(image_ids, return_inverse=True)
+            layout = self.label_planes(uniq)  # (B, depth, H)
+        else:
+            uniq, layout = planes
+            inverse = torch.searchsorted(uniq, image_ids)
+        p, q = bitmaps.nonzero(as_tuple=True) if on is None else on
+        return p, layout[inverse[p], :, q].to(torch.int64)
 
     def pair_intersections(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, pair_units: torch.Tensor,
-                           num_units: int, max_pairs: int = 4096) -> torch.Tensor:
+                           num_units: int, planes: tuple[torch.Tensor, torch.Tensor] | None = None,
+                           on: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Intersections summed per unit for sparse (image, unit) pairs.
 
         When only a few (image, unit) pairs can be active (NetDissect's top-0.5 % threshold), tallying just
         those pairs beats materialising every unit's bitmap on every image. The pairs' images are laid out as
         dense label planes; each set pixel of a pair's bitmap looks up its concepts there, and one bincount
-        over (unit, concept) keys sums everything. Cost: set pixels x planes.
+        over (unit, concept) keys sums everything. Cost: set pixels x planes. Memory: the pairs' bitmaps and
+        their images' planes (the caller bounds the number of pairs per call).
 
         Args:
             bitmaps: (P, H) bool, the bitmap of each pair on the mask grid.
             image_ids: (P,) dataset index of each pair's image (repeats allowed).
             pair_units: (P,) unit position (0..num_units-1) of each pair.
             num_units: U.
-            max_pairs: pairs handled per step (memory: their images' planes and set pixels).
+            planes: optional ``(sorted image ids, label_planes(those ids))`` covering the pairs' images.
+            on: optional ``bitmaps.nonzero(as_tuple=True)``.
 
         Returns:
             (U, C) int64 with ``out[u, c] = sum_{p: unit u} |bitmap[p] & mask_c[image p]|``.
@@ -293,20 +305,22 @@ class ConceptIndex:
         bitmaps = bitmaps.reshape(len(image_ids), -1)
         c = self.num_concepts
         out = torch.zeros(num_units * c, dtype=torch.int64)
+        if on is None:
+            on = bitmaps.nonzero(as_tuple=True)
         if self.depth:
-            for s in range(0, len(image_ids), max_pairs):
-                p, labels = self._on_pixel_labels(bitmaps[s : s + max_pairs], image_ids[s : s + max_pairs])
-                key = pair_units[s : s + max_pairs][p][:, None] * c + labels
-                out += torch.bincount(key[labels >= 0], minlength=num_units * c)
+            p, labels = self._on_pixel_labels(bitmaps, image_ids, planes, on)
+            key = pair_units[p][:, None] * c + labels
+            out += torch.bincount(key[labels >= 0], minlength=num_units * c)
         out = out.view(num_units, c)
         img_level = self.image_concepts[image_ids]  # (P, C)
         if bool(img_level.any()):
-            areas = bitmaps.sum(1).to(torch.int64)  # (P,)
+            areas = torch.bincount(on[0], minlength=len(image_ids))  # set pixels per pair
             out.index_add_(0, pair_units, areas[:, None] * img_level.to(torch.int64))
         return out
 
     def pair_category_hits(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, concept_category: torch.Tensor,
-                           num_categories: int) -> torch.Tensor:
+                           num_categories: int, planes: tuple[torch.Tensor, torch.Tensor] | None = None,
+                           on: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """(P, K) bool: per (image, unit) pair, whether its bitmap covers a concept of category k (see
         :meth:`category_hits`)."""
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
@@ -315,7 +329,7 @@ class ConceptIndex:
         k = num_categories
         out = torch.zeros(len(image_ids) * k, dtype=torch.int64)
         if self.depth and len(image_ids):
-            p, labels = self._on_pixel_labels(bitmaps, image_ids)
+            p, labels = self._on_pixel_labels(bitmaps, image_ids, planes, on)
             valid = labels >= 0
             key = p[:, None] * k + concept_category[labels.clamp(min=0)]
             out += torch.bincount(key[valid], minlength=len(image_ids) * k)

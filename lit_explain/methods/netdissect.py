@@ -112,8 +112,11 @@ def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tens
     # a margin keeps float rounding of the interpolation from hiding a pixel just above the threshold
     select = thr - (thr.abs() * 1e-5 + 1e-12)
     units_np = torch.as_tensor(units).numpy()
-    for chunk in torch.as_tensor(image_ids, dtype=torch.int64).split(1024):
+    # images per chunk: their dense label planes (chunk x depth x H int32) stay around 2**25 values
+    chunk_size = max(1, min(1024, (1 << 25) // max(1, index.depth * index.pixel_size)))
+    for chunk in torch.sort(torch.as_tensor(image_ids, dtype=torch.int64)).values.split(chunk_size):
         ids = chunk.numpy()
+        planes = (chunk, index.label_planes(chunk))
         maxes = torch.from_numpy(np.array(entry.maxes[ids][:, units_np]))  # (B, U)
         img, unit = torch.nonzero(maxes > select, as_tuple=True)
         acts = torch.from_numpy(np.asarray(entry.acts[ids[img.numpy()], units_np[unit.numpy()]], dtype=np.float32))
@@ -121,5 +124,5 @@ def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tens
             sl = slice(s, s + pairs_per_step)
             up = upsample_to_mask(acts[sl, None], index.mask_shape).flatten(1)  # (P, H)
             metric.update(up > thr[unit[sl]][:, None], chunk[img[sl]], index, pair_units=unit[sl],
-                          new_images=chunk if s == 0 else None)
+                          new_images=chunk if s == 0 else None, planes=planes)
     return metric

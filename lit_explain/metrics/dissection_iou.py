@@ -41,7 +41,8 @@ class DissectionIoU(Metric):
         self.add_state("num_images", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, index: ConceptIndex,
-               pair_units: torch.Tensor | None = None, new_images: torch.Tensor | None = None) -> None:
+               pair_units: torch.Tensor | None = None, new_images: torch.Tensor | None = None,
+               planes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Add a batch, as dense bitmaps of every unit or as sparse (image, unit) pairs.
 
         Args:
@@ -52,6 +53,8 @@ class DissectionIoU(Metric):
             pair_units: pairs only: (P,) unit position of each pair.
             new_images: pairs only: the images whose concept areas this call counts (each image of the dataset
                 must be counted exactly once over all calls, whether or not any of its pairs is active).
+            planes: pairs only, optional: ``(sorted image ids, index.label_planes(them))`` covering the pairs'
+                images, so that many calls over the same images lay their labels out once.
         """
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64).cpu()
         if pair_units is None:
@@ -71,12 +74,14 @@ class DissectionIoU(Metric):
         pair_units = torch.as_tensor(pair_units, dtype=torch.int64).cpu()
         if len(pair_units) == 0:
             return
-        areas = bitmaps.sum(1).to(torch.int64)
-        self.intersection += index.pair_intersections(bitmaps, image_ids, pair_units, self.num_units).to(
-            self.intersection.device)
+        on = bitmaps.nonzero(as_tuple=True)  # set pixels, shared by every count below
+        areas = torch.bincount(on[0], minlength=len(pair_units))  # (P,); cheaper than reducing the bool bitmaps
+        self.intersection += index.pair_intersections(bitmaps, image_ids, pair_units, self.num_units,
+                                                      planes=planes, on=on).to(self.intersection.device)
         self.unit_area.index_add_(0, pair_units.to(self.unit_area.device), areas.to(self.unit_area.device))
         if self.concept_category is not None:
-            hits = index.pair_category_hits(bitmaps, image_ids, self.concept_category, self.num_categories)
+            hits = index.pair_category_hits(bitmaps, image_ids, self.concept_category, self.num_categories, planes,
+                                            on)
             self.unit_category_area.index_add_(0, pair_units.to(self.unit_category_area.device),
                                                (hits.to(torch.int64) * areas[:, None]).to(self.unit_category_area.device))
 

@@ -106,4 +106,4 @@ def test_sparse_pairs_equal_dense_update(restricted):
     for name in ("intersection", "unit_area", "concept_area", "unit_category_area", "num_images"):
         assert torch.equal(getattr(sparse, name), getattr(dense, name)), name
     # chunked gathering gives the same
-    assert torch.equal(index.pair_intersections(flat[img, unit], img, unit, 3, max_pairs=2), dense.intersection)
+    assert torch.equal(index.pair_intersections(flat[img, unit], img, unit, 3, ), dense.intersection)
