@@ -166,8 +166,8 @@ def _exact_step(
 
 # ---------------------------------------------------------------------- dense / heuristic scorers
 def _dense_iou(g: torch.Tensor, bitmap: torch.Tensor, total: int) -> float:
-    inter = int((g & bitmap).sum())
-    union = total + int(g.sum()) - inter
+    inter = int(torch.count_nonzero(g & bitmap))
+    union = total + int(torch.count_nonzero(g)) - inter
     return inter / union if union > 0 else 0.0
 
 
@@ -179,8 +179,8 @@ def _left_info(ctx: SearchContext, tally: UnitTally, f: Formula, mask: torch.Ten
             info.box = ctx.geometry.boxes[:, c].to(torch.int64)
             info.rect = ctx.geometry.rects[:, c].to(torch.int64)
         return info
-    area = mask.sum(1, dtype=torch.int64)
-    info = SideInfo(area, (mask & tally.bitmap).sum(1, dtype=torch.int64))
+    area = torch.count_nonzero(mask, dim=1)
+    info = SideInfo(area, torch.count_nonzero(mask & tally.bitmap, dim=1))
     if heuristic == "mmesh":
         sh, sw = ctx.index.mask_shape
         full_box = torch.tensor([0, 0, sh - 1, sw - 1], dtype=torch.int64)
@@ -244,7 +244,10 @@ def _heuristic_step(
                     continue
                 seen.add(key)
                 candidates.append((est_l[oi][c], key, bi, oi, c))
-    candidates.sort(key=lambda t: (-t[0], t[1]))
+    if heuristic == "none":  # every candidate is evaluated: group them by concept to reuse dense leaf masks
+        candidates.sort(key=lambda t: (t[4], t[2], t[3]))
+    else:
+        candidates.sort(key=lambda t: (-t[0], t[1]))
     visited = 0
     for est_s, key, bi, oi, c in candidates:
         if pool.full() and est_s < pool.kth_score():

@@ -5,22 +5,26 @@ the sparse :class:`~lit_explain.concepts.index.ConceptIndex` without ever materi
 (dissection.md §3.7, §7 "Memory"):
 
 * :class:`SearchContext` holds what depends on the index only: per-(image, concept) areas, which images a
-  concept covers fully, and (lazily) a concept-major view of the sparse entries for dense leaf masks.
+  concept covers fully, the concept co-occurrence matrix ``|a ∧ c|``, and (lazily, for the dense reference
+  scorers only) a concept-major view of the sparse entries.
 * :class:`UnitTally` holds what depends on one unit bitmap A (one (unit, range)): per-image active areas
-  ``A_i`` and per-(image, concept) intersections ``I[i, c] = |A_i ∧ c_i|`` (one gather + one bincount).
+  ``A_i``, per-(image, concept) intersections ``I[i, c] = |A_i ∧ c_i|`` and the co-occurrence inside A,
+  ``|a ∧ c ∧ A|``: one gather of A at the sparse entries of the images where A fires, and bincounts.
 * :func:`formula_stats` is the exact all-candidate pass of one formula f: per-image ``|f_i|``,
   ``|f_i ∧ A_i|`` and, for every concept c at once, ``P_c = |f ∧ c|`` and ``Q_c = |f ∧ c ∧ A|``. From these the
   IoU of ``f OR c``, ``f AND c`` and ``f AND NOT c`` follows for all c (:func:`extension_counts`).
 
-The formula pass only touches the images where f is *partial* (neither empty nor full by the three-valued
-status of its leaves); images where f is full contribute whole rows of the precomputed per-image tables, and
-images where it is empty contribute nothing. Its cost is one gather over the sparse entries of those images,
-so it does not grow with the number of concepts and never builds an (N, H) mask.
+For a leaf f = a, ``P`` and ``Q`` are rows of the two co-occurrence matrices (no pass at all). For any other
+formula the pass touches only the images where f is *partial* (neither empty nor full by the three-valued
+status of its leaves): images where f is full contribute rows of the per-image tables, images where it is
+empty nothing. Its cost is a few vectorised passes over the sparse entries of those images (numpy, in image
+chunks of bounded memory); it does not grow with the number of concepts and never builds an (N, H) mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -59,15 +63,73 @@ def image_entries(index: ConceptIndex, image_ids: torch.Tensor) -> tuple[torch.T
     return b, first + torch.arange(total)
 
 
+def _entry_ranges(ptr: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(entry indices of the images ``ids`` (concatenated), entries per image)."""
+    starts = ptr[ids]
+    counts = ptr[ids + 1] - starts
+    shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return np.arange(int(counts.sum()), dtype=np.int64) + shift, counts
+
+
+def _chunks(ctx: "SearchContext", ids: np.ndarray):
+    """Iterate over the sparse entries of the images ``ids`` (sorted) in chunks of bounded memory.
+
+    Yields ``(rows, active, off, con, local)``: the image ids of the chunk's (B, H) buffers, a (B,) bool mask of
+    the rows that belong to ``ids`` (None when all do), the entries' flat offsets and concepts, and their
+    positions in the chunk buffers. When ``ids`` covers a good fraction of its span, whole contiguous blocks of
+    images are read as slices (no index arrays at all); otherwise the entries of ``ids`` are gathered.
+    """
+    h = ctx.pixel_size
+    step = max(1, ctx.chunk_pixels // h)
+    if len(ids) == 0:
+        return
+    lo, hi = int(ids[0]), int(ids[-1]) + 1
+    if len(ids) >= ctx.contiguous_fraction * (hi - lo):
+        want = np.zeros(hi - lo, dtype=bool)
+        want[ids - lo] = True
+        for s in range(lo, hi, step):
+            t = min(hi, s + step)
+            act = want[s - lo : t - lo]
+            if not act.any():
+                continue
+            e0, e1 = int(ctx.ptr[s]), int(ctx.ptr[t])
+            off = ctx.offsets[e0:e1]
+            yield np.arange(s, t), (None if act.all() else act), off, ctx.concepts[e0:e1], off - s * h
+    else:
+        for s in range(0, len(ids), step):
+            sub = ids[s : s + step]
+            e, counts = _entry_ranges(ctx.ptr, sub)
+            off = ctx.offsets[e]
+            # position in the (B, H) buffers: global offset minus (image id - buffer row) * H
+            yield sub, None, off, ctx.concepts[e], off - np.repeat((sub - np.arange(len(sub))) * h, counts)
+
+
+def _pair_counts(offsets: np.ndarray, concepts: np.ndarray, num_concepts: int, max_labels: int) -> np.ndarray:
+    """(C, C) int64 counts of pixels carrying both concepts, from entries sorted by offset (each pair once
+    per pixel and in both orders; the diagonal counts each entry once)."""
+    c = num_concepts
+    con = concepts.astype(np.int64, copy=False)
+    out = np.bincount(con * (c + 1), minlength=c * c)  # diagonal
+    for s in range(1, max_labels):
+        same = offsets[s:] == offsets[:-s]
+        if not same.any():
+            break
+        a, b = con[:-s][same], con[s:][same]
+        out += np.bincount(a * c + b, minlength=c * c)
+        out += np.bincount(b * c + a, minlength=c * c)
+    return out.reshape(c, c)
+
+
 class SearchContext:
     """Index-level data shared by every search on one :class:`ConceptIndex` (build once, reuse for all units).
 
     Args:
         index: the concept index of the probing dataset.
-        chunk_pixels: bound on B*H for the dense per-image buffers of a formula pass (memory knob).
+        chunk_pixels: bound on B*H for the per-image buffers of a formula pass (memory knob).
+        leaf_cache_bytes: memory for recently used dense leaf masks of the dense reference/heuristic scorers.
     """
 
-    def __init__(self, index: ConceptIndex, chunk_pixels: int = 1 << 24) -> None:
+    def __init__(self, index: ConceptIndex, chunk_pixels: int = 1 << 22, leaf_cache_bytes: int = 1 << 30) -> None:
         self.index = index
         self.num_images = index.num_images
         self.num_concepts = index.num_concepts
@@ -79,8 +141,54 @@ class SearchContext:
         self.concept_areas = self.image_areas.sum(0, dtype=torch.int64)
         #: (C,) bool: concept areas are all 0 or H (image-level concepts, and pixel concepts that happen to be).
         self.scene_like = ((self.image_areas == 0) | (self.image_areas == self.pixel_size)).all(0)
-        self._postings: tuple[torch.Tensor, torch.Tensor] | None = None
+        # numpy views for the hot loops (numpy's 1-D gathers are several times faster than torch indexing)
+        self.ptr = index.image_ptr.numpy()
+        self.offsets = index.pixel_offsets.numpy()
+        self.concepts = index.pixel_concepts.numpy().astype(np.int16 if self.num_concepts < (1 << 15) else np.int32)
+        self.image_level = index.image_concepts.numpy()
+        self.any_image_level = bool(self.image_level.any())
+        #: concepts that are image-level in some image, and their (N, C_img) float64 presence matrix
+        self.level_columns = torch.nonzero(index.image_concepts.any(0)).flatten()
+        self.level_matrix = index.image_concepts[:, self.level_columns].to(torch.float64)
+        #: _chunks reads whole contiguous image blocks when the wanted images fill this fraction of their span
+        self.contiguous_fraction = 0.25
+        if self.offsets.size > 1:
+            run_starts = np.flatnonzero(np.diff(self.offsets)) + 1
+            lengths = np.diff(np.concatenate([[0], run_starts, [self.offsets.size]]))
+            self.max_labels = int(lengths.max())
+        else:
+            self.max_labels = 1
+        self._pixel_pairs: np.ndarray | None = None
+        self._cooc_rows: dict[int, torch.Tensor] = {}
+        self._postings: tuple[np.ndarray, np.ndarray] | None = None
+        self._leaf_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.leaf_cache_size = max(1, int(leaf_cache_bytes) // max(1, self.num_images * self.pixel_size))
         self.geometry = None  # heuristics.LeafGeometry, built on demand by the mmesh scorer
+
+    # ------------------------------------------------------------------ co-occurrence (unit independent)
+    def pixel_pairs(self) -> np.ndarray:
+        """(C, C) pixels labelled with both concepts, pixel-level labels only (one pass, cached)."""
+        if self._pixel_pairs is None:
+            c, total = self.num_concepts, self.offsets.size
+            out = np.zeros((c, c), dtype=np.int64)
+            bounds, pos = [0], 1 << 24
+            while pos < total:  # chunk boundaries at pixel starts, so no pixel is split
+                while pos < total and self.offsets[pos] == self.offsets[pos - 1]:
+                    pos += 1
+                bounds.append(pos)
+                pos += 1 << 24
+            bounds.append(total)
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                if e > s:
+                    out += _pair_counts(self.offsets[s:e], self.concepts[s:e], c, self.max_labels)
+            self._pixel_pairs = out
+        return self._pixel_pairs
+
+    def cooccurrence_row(self, a: int) -> torch.Tensor:
+        """(C,) int64 ``|a ∧ c|`` over the dataset for every c (image-level labels cover their images)."""
+        if a not in self._cooc_rows:
+            self._cooc_rows[a] = _cooc_row(a, self.pixel_pairs(), self, self.image_areas, None)
+        return self._cooc_rows[a]
 
     # ------------------------------------------------------------------ per-image status of a formula
     def status(self, f: Formula) -> torch.Tensor:
@@ -107,30 +215,65 @@ class SearchContext:
         raise TypeError(f"not a formula: {f!r}")
 
     # ------------------------------------------------------------------ dense masks (reference paths)
-    def _concept_postings(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _concept_postings(self) -> tuple[np.ndarray, np.ndarray]:
         """Concept-major view of the pixel entries: (ptr (C+1,), flat offsets (E,)). Built once (radix sort)."""
         if self._postings is None:
-            con = self.index.pixel_concepts.numpy()
-            small = con.astype(np.int16) if self.num_concepts < (1 << 15) else con
-            order = torch.from_numpy(np.argsort(small, kind="stable"))
-            ptr = torch.zeros(self.num_concepts + 1, dtype=torch.int64)
-            ptr[1:] = torch.cumsum(torch.bincount(self.index.pixel_concepts, minlength=self.num_concepts), 0)
-            self._postings = (ptr, self.index.pixel_offsets[order])
+            order = np.argsort(self.concepts, kind="stable")
+            ptr = np.zeros(self.num_concepts + 1, dtype=np.int64)
+            ptr[1:] = np.cumsum(np.bincount(self.concepts, minlength=self.num_concepts))
+            self._postings = (ptr, self.offsets[order])
         return self._postings
 
     def leaf_mask(self, concept: int) -> torch.Tensor:
-        """Dense (N, H) bool mask of one concept over the whole dataset (reference and heuristic paths only)."""
+        """Dense (N, H) bool mask of one concept over the whole dataset (reference and heuristic paths only).
+
+        The most recently used masks are kept (``leaf_cache_bytes``); callers must not modify them.
+        """
+        if concept in self._leaf_cache:
+            self._leaf_cache.move_to_end(concept)
+            return self._leaf_cache[concept]
         ptr, offsets = self._concept_postings()
-        out = torch.zeros(self.num_images * self.pixel_size, dtype=torch.bool)
+        out = np.zeros(self.num_images * self.pixel_size, dtype=bool)
         out[offsets[ptr[concept] : ptr[concept + 1]]] = True
-        out = out.view(self.num_images, self.pixel_size)
-        out[self.index.image_concepts[:, concept]] = True
-        return out
+        out = out.reshape(self.num_images, self.pixel_size)
+        out[self.image_level[:, concept]] = True
+        mask = torch.from_numpy(out)
+        self._leaf_cache[concept] = mask
+        while len(self._leaf_cache) > self.leaf_cache_size:
+            self._leaf_cache.popitem(last=False)
+        return mask
 
     def formula_mask(self, f: Formula, cache: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Dense (N, H) bool mask of a formula over the whole dataset (reference and heuristic paths only)."""
         leaves = {c: (cache[c] if cache is not None and c in cache else self.leaf_mask(c)) for c in f.concepts}
         return f.evaluate(leaves)
+
+
+def _cooc_row(
+    a: int,
+    pairs: np.ndarray,
+    ctx: "SearchContext",
+    per_image: torch.Tensor,
+    act_areas: torch.Tensor | None,
+) -> torch.Tensor:
+    """Row a of ``Σ_i |a_i ∧ c_i (∧ A_i)|`` from pixel-level pairs plus image-level corrections.
+
+    Per image, if a is image-level there, the term is ``per_image[i, c]`` (area of c, or ``I[i, c]``); if c is
+    image-level there, it is ``per_image[i, a]``; if both are, ``H`` (or ``A_i``), counted once.
+    """
+    row = torch.from_numpy(pairs[a].copy())
+    if not ctx.any_image_level:
+        return row
+    cols, lvl = ctx.level_columns, ctx.level_matrix  # concepts image-level somewhere, (N, C_img) float64
+    row[cols] += (per_image[:, a].to(torch.float64) @ lvl).round().to(torch.int64)  # c image-level
+    in_a = ctx.index.image_concepts[:, a]
+    if bool(in_a.any()):
+        row += per_image[in_a].sum(0, dtype=torch.int64)  # a image-level: all of c in those images
+        full = float(ctx.pixel_size) * torch.ones(int(in_a.sum()), dtype=torch.float64) if act_areas is None \
+            else act_areas[in_a].to(torch.float64)
+        row[cols] -= (full @ lvl[in_a]).round().to(torch.int64)  # both image-level: counted twice above
+    row[a] = int(per_image[:, a].sum())
+    return row
 
 
 @dataclass
@@ -143,20 +286,19 @@ class UnitTally:
         total: ``|A|``.
         image_inter: (N, C) int64, ``I[i, c] = |A_i ∧ c_i|``.
         unary_inter: (C,) int64, ``|A ∧ c|``.
+        pixel_pairs: (C, C) int64 pixels of A labelled with both concepts (pixel-level labels only).
     """
 
     bitmap: torch.Tensor
     act_areas: torch.Tensor
     total: int
     image_inter: torch.Tensor
-    unary_inter: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.unary_inter = self.image_inter.sum(0)
+    unary_inter: torch.Tensor
+    pixel_pairs: np.ndarray
 
     @classmethod
     def build(cls, ctx: SearchContext, bitmap: torch.Tensor) -> "UnitTally":
-        """One gather of A at the sparse entries of the images where A fires, one bincount."""
+        """One gather of A at the sparse entries of the images where A fires, then bincounts."""
         n, h, c = ctx.num_images, ctx.pixel_size, ctx.num_concepts
         bitmap = torch.as_tensor(bitmap)
         if bitmap.dtype != torch.bool:
@@ -166,23 +308,26 @@ class UnitTally:
             raise ValueError(
                 f"bitmap has shape {tuple(bitmap.shape)}, expected (num_images, sh*sw) = ({n}, {h}) of the concept index"
             )
-        act_areas = bitmap.sum(1, dtype=torch.int64)
-        fired = torch.nonzero(act_areas > 0).flatten()
-        image_inter = torch.zeros(n, c, dtype=torch.int64)
-        if fired.numel():
-            flat = bitmap.reshape(-1)
-            for start in range(0, len(fired), max(1, ctx.chunk_pixels // h)):
-                ids = fired[start : start + max(1, ctx.chunk_pixels // h)]
-                b, e = image_entries(ctx.index, ids)
-                if e.numel() == 0:
-                    continue
-                hit = flat[ctx.index.pixel_offsets[e]]
-                key = ids[b[hit]] * c + ctx.index.pixel_concepts[e[hit]]
-                image_inter.view(-1).add_(torch.bincount(key, minlength=n * c))
-            img_level = ctx.index.image_concepts
-            if bool(img_level.any()):
-                image_inter = torch.where(img_level, act_areas[:, None], image_inter)
-        return cls(bitmap, act_areas, int(act_areas.sum()), image_inter)
+        flat = bitmap.reshape(-1).numpy()
+        act_areas = torch.from_numpy(np.count_nonzero(bitmap.numpy(), axis=1).astype(np.int64))
+        fired = np.flatnonzero(act_areas.numpy() > 0)
+        inter = np.zeros(n * c, dtype=np.int64)
+        pairs = np.zeros((c, c), dtype=np.int64)
+        for rows, _, off, con, _ in _chunks(ctx, fired):
+            hit = flat[off]  # rows of images that do not fire are all False
+            off_a = off[hit]
+            con_a = con[hit].astype(np.int64)
+            first, span = int(rows[0]), int(rows[-1]) - int(rows[0]) + 1
+            inter[first * c : (first + span) * c] += np.bincount((off_a // h - first) * c + con_a, minlength=span * c)
+            pairs += _pair_counts(off_a, con_a, c, ctx.max_labels)
+        image_inter = torch.from_numpy(inter.reshape(n, c))
+        if ctx.any_image_level:
+            image_inter = torch.where(ctx.index.image_concepts, act_areas[:, None], image_inter)
+        return cls(bitmap, act_areas, int(act_areas.sum()), image_inter, image_inter.sum(0), pairs)
+
+    def cooccurrence_row(self, ctx: SearchContext, a: int) -> torch.Tensor:
+        """(C,) int64 ``|a ∧ c ∧ A|`` for every c."""
+        return _cooc_row(a, self.pixel_pairs, ctx, self.image_inter, self.act_areas)
 
 
 @dataclass
@@ -192,7 +337,6 @@ class FormulaStats:
     Attributes:
         image_area: (N,) int64 ``|f_i|``.
         image_inter: (N,) int64 ``|f_i ∧ A_i|`` (zeros when computed without a tally).
-        area: ``|f|``.  inter: ``|f ∧ A|``.
         concept_area: (C,) int64 ``P_c = |f ∧ c|`` (None when not requested).
         concept_inter: (C,) int64 ``Q_c = |f ∧ c ∧ A|`` (None when not requested).
     """
@@ -204,10 +348,12 @@ class FormulaStats:
 
     @property
     def area(self) -> int:
+        """``|f|``."""
         return int(self.image_area.sum())
 
     @property
     def inter(self) -> int:
+        """``|f ∧ A|``."""
         return int(self.image_inter.sum())
 
 
@@ -225,56 +371,73 @@ def formula_stats(
     Returns:
         :class:`FormulaStats`.
     """
-    index, n, h, c = ctx.index, ctx.num_images, ctx.pixel_size, ctx.num_concepts
+    n, h, c = ctx.num_images, ctx.pixel_size, ctx.num_concepts
+    if isinstance(f, Leaf):  # rows of the per-image tables and of the co-occurrence matrices
+        a = f.concept
+        P = ctx.cooccurrence_row(a) if with_concepts else None
+        if tally is None:
+            return FormulaStats(ctx.image_areas[:, a].to(torch.int64), torch.zeros(n, dtype=torch.int64), P,
+                                torch.zeros(c, dtype=torch.int64) if with_concepts else None)
+        Q = tally.cooccurrence_row(ctx, a) if with_concepts else None
+        return FormulaStats(ctx.image_areas[:, a].to(torch.int64), tally.image_inter[:, a].clone(), P, Q)
     status = ctx.status(f)
     full = torch.nonzero(status == FULL).flatten()
-    partial = torch.nonzero(status == PARTIAL).flatten()
-    image_area = torch.zeros(n, dtype=torch.int64)
-    image_inter = torch.zeros(n, dtype=torch.int64)
-    image_area[full] = h
+    partial = np.flatnonzero(status.numpy() == PARTIAL)
+    image_area = np.zeros(n, dtype=np.int64)
+    image_inter = np.zeros(n, dtype=np.int64)
+    image_area[full.numpy()] = h
     if tally is not None:
-        image_inter[full] = tally.act_areas[full]
-    P = Q = None
-    if with_concepts:
-        P = ctx.image_areas[full].sum(0, dtype=torch.int64)
-        Q = tally.image_inter[full].sum(0) if tally is not None else torch.zeros(c, dtype=torch.int64)
+        image_inter[full.numpy()] = tally.act_areas.numpy()[full.numpy()]
+    P = np.zeros(c, dtype=np.int64)
+    Q = np.zeros(c, dtype=np.int64)
     leaves = sorted(f.concepts)
-    leaf_t = torch.tensor(leaves, dtype=torch.int64)
-    lut = torch.full((c,), -1, dtype=torch.int64)
-    lut[leaf_t] = torch.arange(len(leaves))
-    step = max(1, ctx.chunk_pixels // (h * (len(leaves) + 2)))
-    for start in range(0, len(partial), step):
-        ids = partial[start : start + step]
-        bsz = len(ids)
-        b, e = image_entries(index, ids)
-        con = index.pixel_concepts[e]
-        local = b * h + index.pixel_offsets[e] % h  # flat position in the (B, H) chunk buffers
-        # dense masks of the formula's leaves on these images only
-        dense = torch.zeros(len(leaves), bsz * h, dtype=torch.bool)
-        k = lut[con]
-        sel = k >= 0
-        dense[k[sel], local[sel]] = True
-        dense = dense.view(len(leaves), bsz, h)
-        img_level = index.image_concepts[ids]  # (B, C)
-        dense |= img_level[:, leaf_t].T[:, :, None]
-        fm = f.evaluate({cc: dense[j] for j, cc in enumerate(leaves)})  # (B, H)
-        image_area[ids] = fm.sum(1, dtype=torch.int64)
+    k = len(leaves)
+    lut = np.full(c, -1, dtype=np.int64)
+    lut[leaves] = np.arange(k)
+    bitmap = tally.bitmap.reshape(-1).numpy() if tally is not None else None
+    for rows, active, off, con, local in _chunks(ctx, partial):
+        bsz = len(rows)
+        kk = lut[con]
+        sel = kk >= 0
+        dense = np.zeros((k, bsz * h), dtype=bool)
+        dense[kk[sel], local[sel]] = True
+        dense = dense.reshape(k, bsz, h)
+        if ctx.any_image_level:
+            dense |= ctx.image_level[rows][:, leaves].T[:, :, None]
+        fm = f.evaluate({cc: torch.from_numpy(dense[j]) for j, cc in enumerate(leaves)}).numpy()  # (B, H)
+        if active is not None:  # rows of images that are not partial are accounted for elsewhere
+            fm &= active[:, None]
+        keep = rows if active is None else rows[active]
+        area_b = np.count_nonzero(fm, axis=1)
+        image_area[keep] = area_b if active is None else area_b[active]
         fa = None
         if tally is not None:
-            fa = fm & tally.bitmap[ids]
-            image_inter[ids] = fa.sum(1, dtype=torch.int64)
+            a2d = bitmap.reshape(n, h)
+            fa = fm & (a2d[rows[0] : rows[-1] + 1] if _contiguous(rows) else a2d[rows])
+            inter_b = np.count_nonzero(fa, axis=1)
+            image_inter[keep] = inter_b if active is None else inter_b[active]
         if with_concepts:
-            hit = fm.view(-1)[local]
-            P += torch.bincount(con[hit], minlength=c)
+            hit = fm.reshape(-1)[local]
+            P += np.bincount(con[hit], minlength=c)
             if tally is not None:
-                hit_a = fa.view(-1)[local]
-                Q += torch.bincount(con[hit_a], minlength=c)
-            if bool(img_level.any()):
-                lvl = img_level.to(torch.float64)
-                P += (image_area[ids].to(torch.float64) @ lvl).round().to(torch.int64)
+                hit_a = fa.reshape(-1)[local]
+                Q += np.bincount(con[hit_a], minlength=c)
+            if ctx.any_image_level:
+                lvl = ctx.image_level[rows].astype(np.float64)
+                P += np.rint(area_b.astype(np.float64) @ lvl).astype(np.int64)
                 if tally is not None:
-                    Q += (image_inter[ids].to(torch.float64) @ lvl).round().to(torch.int64)
-    return FormulaStats(image_area, image_inter, P, Q)
+                    Q += np.rint(inter_b.astype(np.float64) @ lvl).astype(np.int64)
+    Pt = Qt = None
+    if with_concepts:
+        Pt = torch.from_numpy(P) + ctx.image_areas[full].sum(0, dtype=torch.int64)
+        Qt = torch.from_numpy(Q)
+        if tally is not None:
+            Qt = Qt + tally.image_inter[full].sum(0)
+    return FormulaStats(torch.from_numpy(image_area), torch.from_numpy(image_inter), Pt, Qt)
+
+
+def _contiguous(rows: np.ndarray) -> bool:
+    return len(rows) > 0 and int(rows[-1]) - int(rows[0]) + 1 == len(rows)
 
 
 def extension_counts(

@@ -84,10 +84,11 @@ def bitmaps_for(inst, seed):
 
 
 # ---------------------------------------------------------------------- exact vectorised scores
-@pytest.mark.parametrize("seed", [0, 1])
-def test_exact_extension_scores_equal_dense_iou_for_every_candidate(seed):
+@pytest.mark.parametrize("seed,contiguous", [(0, 0.25), (1, 0.0), (2, 2.0)])
+def test_exact_extension_scores_equal_dense_iou_for_every_candidate(seed, contiguous):
     inst = make_instance(seed)
     ctx = SearchContext(inst.index, chunk_pixels=5 * 72)  # tiny chunks: exercise the chunked loop
+    ctx.contiguous_fraction = contiguous  # 0: always contiguous image blocks, 2: always gathered entries
     c = inst.dense.shape[1]
     formulas = [Leaf(0), Leaf(3), Leaf(c - 1), Leaf(c - 3), Or(Leaf(1), Leaf(2)), And(Leaf(2), Not(Leaf(c - 1))),
                 And(Or(Leaf(1), Leaf(c - 2)), Leaf(4)), Not(Leaf(1)), And(Leaf(1), Leaf(c - 3))]
