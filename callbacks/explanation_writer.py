@@ -43,11 +43,13 @@ class ExplanationWriter(Callback):
     Args:
         pictures: whether to draw unit cards.
         report: whether to write ``report.html``, the static HTML report of all units (with the cards).
+        summary: whether to print a short summary (explanations above the IoU threshold, the best ones).
     """
 
-    def __init__(self, pictures: bool = True, report: bool = True) -> None:
+    def __init__(self, pictures: bool = True, report: bool = True, summary: bool = True) -> None:
         self.pictures = pictures
         self.report = report
+        self.summary = summary
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rows = getattr(pl_module, "results", None)
@@ -68,6 +70,24 @@ class ExplanationWriter(Callback):
                          {name: out / "units" / f"{name}.png" for name, _ in cards})
         self._tensorboard(trainer, pl_module, rows, cards)
         log.info("wrote %d explanations to %s", len(rows), out)
+        if self.summary:
+            print(self.summarize(rows, out, float(getattr(pl_module.hparams, "iou_threshold", 0.04))))
+
+    @staticmethod
+    def summarize(rows: list[dict[str, Any]], out: Path, threshold: float, top: int = 12) -> str:
+        """A short text summary: how many explanations beat the IoU threshold, per category, and the best ones."""
+        good = [r for r in rows if float(r["iou"]) > threshold]
+        cats: dict[str, int] = {}
+        for r in good:
+            cats[r["category"]] = cats.get(r["category"], 0) + 1
+        lines = [f"\n{len(good)} of {len(rows)} explanations have IoU > {threshold:g}"
+                 + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(cats.items(), key=lambda kv: -kv[1]))})" if cats else "")]
+        lines.append(f"{'unit':>6} {'range':>5}  {'label':<32} {'category':<10} {'IoU':>6}")
+        for r in sorted(rows, key=lambda r: -float(r["iou"]))[:top]:
+            lines.append(f"{r['unit']:>6} {r.get('cluster', 0):>5}  {str(r['label'])[:32]:<32} {r['category']:<10} "
+                         f"{float(r['iou']):6.3f}")
+        lines.append(f"results: {out}/explanations.csv, report: {out}/report.html")
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ pictures
     def _draw(self, trainer: Trainer, pl_module: LightningModule, rows: list[dict[str, Any]],
