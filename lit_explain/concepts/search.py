@@ -265,10 +265,10 @@ def _heuristic_step(
 
 # ---------------------------------------------------------------------- public API
 def _prepare(
-    index: ConceptIndex | SearchContext, bitmap: torch.Tensor, concepts_allowed: torch.Tensor | None
+    index: ConceptIndex | SearchContext, bitmap: "torch.Tensor | UnitTally", concepts_allowed: torch.Tensor | None
 ) -> tuple[SearchContext, UnitTally, torch.Tensor, torch.Tensor]:
     ctx = index if isinstance(index, SearchContext) else SearchContext(index)
-    tally = UnitTally.build(ctx, bitmap)
+    tally = bitmap if isinstance(bitmap, UnitTally) else UnitTally.build(ctx, bitmap)
     allowed = torch.ones(ctx.num_concepts, dtype=torch.bool)
     if concepts_allowed is not None:
         allowed = torch.as_tensor(concepts_allowed, dtype=torch.bool)
@@ -291,7 +291,7 @@ class _Searcher:
     def __init__(
         self,
         index: ConceptIndex | SearchContext,
-        bitmap: torch.Tensor,
+        bitmap: "torch.Tensor | UnitTally",
         beam_size: int,
         first_beam_size: int | None,
         scorer: str,
@@ -344,7 +344,7 @@ class _Searcher:
 
 def beam_search(
     index: ConceptIndex | SearchContext,
-    bitmap: torch.Tensor,
+    bitmap: "torch.Tensor | UnitTally",
     length: int = 3,
     beam_size: int = 5,
     first_beam_size: int | None = None,
@@ -358,7 +358,8 @@ def beam_search(
     Args:
         index: the concept index, or a :class:`SearchContext` built from it (reuse one across units: it caches
             the leaf geometry of the heuristics and the dense-mask postings).
-        bitmap: (N, H) or (N, sh, sw) bool, the unit's active pixels for one range on the mask grid.
+        bitmap: (N, H) or (N, sh, sw) bool, the unit's active pixels for one range on the mask grid, or its
+            :class:`~lit_explain.concepts.tally.UnitTally` (reused by callers that also compute metrics).
         length: maximum formula length (number of concepts); 1 = NetDissect (argmax unary IoU).
         beam_size: beam width.
         first_beam_size: number of leaves in the first beam; None = ``2 * beam_size`` (CCE); compexp uses
@@ -391,7 +392,7 @@ def beam_search(
 
 def detacc_optimal_search(
     index: ConceptIndex | SearchContext,
-    bitmap: torch.Tensor,
+    bitmap: "torch.Tensor | UnitTally",
     min_length: int = 3,
     max_length: int = 10,
     beam_size: int = 5,

@@ -1,0 +1,298 @@
+"""Compositional (CoEx) and Clustered Compositional Explanations (CCE) as a DDP predict loop.
+
+For each selected unit u of the layer (dissection.md §2.5, §3):
+
+1. **Activation ranges.** ``num_clusters = 1``: NetDissect's single range ``(T_u, +inf)`` with the exact
+   upper-tail quantile threshold (CoEx, and NetDissect with ``length = 1``). ``num_clusters = K > 1`` (CCE):
+   the exact 1-D k-means of all raw activations of u (zeros dropped on post-ReLU layers), ranges = each
+   cluster's [min, max] in ascending order (:mod:`lit_explain.activations.clusters`). The sufficient statistic,
+   a per-unit histogram of the cached float16 values, is accumulated over each rank's images and summed across
+   ranks, so 1 and N processes cluster identically.
+2. **Jobs.** Every (unit, range) is a job; jobs are sharded round-robin across ranks. A job builds the unit's
+   dataset bitmap ``lo < upsample(a_u) < hi`` on the concept-mask grid (only images whose maximum exceeds ``lo``
+   are upsampled: bilinear interpolation never exceeds the largest neighbour) and runs the beam search
+   (:func:`lit_explain.concepts.search.beam_search`, exact vectorised scoring by default).
+3. **Columns.** Beside the unified leading columns: the CCE metrics of the explanation
+   (:mod:`lit_explain.metrics.functional.explanation_metrics`), the best single concept (NetDissect's answer),
+   visited states, optional detection-accuracy-optimal formula (detacc-compexp), and null baselines: the IoU of
+   the same search with the concept annotations shuffled across images (``null_shuffled_iou``: what chance
+   alignment achieves with these masks and this bitmap), so an IoU of 0.04 can be judged.
+4. **Resume.** Each finished job is written atomically to ``{output_dir}/jobs/<key>.json`` (the key hashes the
+   activation cache, the concept index, the range and every search setting); a rerun after an interruption
+   loads them instead of searching again, so it produces the same table.
+
+``num_clusters=1, length=1`` is NetDissect with the plain dataset IoU; ``num_clusters=1, length=3`` is Compositional
+Explanations (Mu & Andreas 2020, with CCE's length and de-duplicated search); ``num_clusters=5, length=3`` is CCE
+(La Rosa et al. 2023).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lit_explain.activations.bitmaps import upsample_to_mask
+from lit_explain.activations.clusters import Fp16Histogram, activation_ranges
+from lit_explain.activations.store import ActivationEntry
+from lit_explain.atomic import atomic_write_json
+from lit_explain.concepts.formulas import Formula, parse
+from lit_explain.concepts.search import SCORERS, SearchContext, beam_search, detacc_optimal_search
+from lit_explain.concepts.tally import UnitTally, formula_stats
+from lit_explain.methods.dissection import DissectionMethod
+from lit_explain.metrics.functional.explanation_metrics import explanation_metrics_from_counts
+
+__all__ = ["CompositionalExplanations", "NULL_BASELINES"]
+
+log = logging.getLogger(__name__)
+
+#: Null baselines that can be reported beside each IoU.
+NULL_BASELINES = ("shuffled_labels",)
+
+
+class CompositionalExplanations(DissectionMethod):
+    """CoEx / CCE explanations of every (unit, activation range). Arguments of :class:`DissectionMethod`, plus:
+
+    Args:
+        num_clusters: activation ranges per unit: 1 = NetDissect's ``(threshold, inf)`` (CoEx), 5 = CCE.
+        length: maximum formula length (number of concepts; NOT adds nothing): 1 = NetDissect, 3 = CoEx/CCE.
+        beam_size: beam width of the search.
+        first_beam_size: leaves in the first beam; None = 2 * beam_size (CCE), beam_size is compexp's choice.
+        scorer: ``exact`` (vectorised exact scores, default), ``none`` (exhaustive dense evaluation),
+            ``mmesh``, ``cfh`` or ``areas`` (CCE's heuristics; ``areas`` is not admissible).
+        candidate_limit: restrict the concepts added by the search to the best ``k`` single concepts
+            (compexp's BEAM_SEARCH_LIMIT); None = all.
+        complexity_penalty: rank formulas by ``penalty^(length - 1) * IoU`` (1.0 = plain IoU).
+        cluster_method: ``exact`` (optimal 1-D k-means) or ``sklearn`` (``KMeans(random_state=seed)``, CCE parity).
+        drop_zeros: drop exact zeros before clustering: ``auto`` (when the unit has no negative value, CCE),
+            ``true`` or ``false``.
+        null_baselines: baselines reported beside each IoU: ``shuffled_labels`` (the same search with the images'
+            annotations permuted, seeded by ``seed``). Empty to skip.
+        detacc_length: also report the detection-accuracy-optimal formula (detacc-compexp: keep extending past
+            ``length`` while its DetAcc grows).
+        max_detacc_length: longest formula tried by ``detacc_length``.
+        compute_metrics: add the CCE metric columns (activation/label/samples/explanation coverage, sizes).
+        resume: reuse finished (unit, range) results from ``{output_dir}/jobs`` (written atomically per job).
+        iou_threshold: an explanation is reported ``interpretable`` when its IoU exceeds this.
+        **kwargs: see :class:`DissectionMethod` (model, layer, weights, units, random_units, quantile, ...).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        num_clusters: int = 5,
+        length: int = 3,
+        beam_size: int = 5,
+        first_beam_size: int | None = None,
+        scorer: str = "exact",
+        candidate_limit: int | None = None,
+        complexity_penalty: float = 1.0,
+        cluster_method: str = "exact",
+        drop_zeros: bool | str = "auto",
+        null_baselines: Sequence[str] = ("shuffled_labels",),
+        detacc_length: bool = False,
+        max_detacc_length: int = 6,
+        compute_metrics: bool = True,
+        resume: bool = True,
+        iou_threshold: float = 0.04,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
+        if cluster_method not in ("exact", "sklearn"):
+            raise ValueError(f"cluster_method must be 'exact' or 'sklearn', got {cluster_method!r}")
+        unknown = [b for b in null_baselines if b not in NULL_BASELINES]
+        if unknown:
+            raise ValueError(f"unknown null baselines {unknown}; available: {list(NULL_BASELINES)}")
+        self.ranges: list[list[tuple[float, float]]] = []
+
+    # ------------------------------------------------------------------ activation ranges
+    def unit_ranges(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
+                    thresholds: torch.Tensor) -> list[list[tuple[float, float]]]:
+        """Sorted (lo, hi) ranges of every selected unit (identical on all ranks)."""
+        hp = self.hparams
+        if hp.num_clusters == 1:
+            return [[(float(t), math.inf)] for t in thresholds.tolist()]
+        units_np = units.numpy()
+        if entry.acts.dtype == np.float16:
+            hist = Fp16Histogram(len(units))
+            for chunk in local_indices.split(256):
+                ids = chunk.numpy()
+                hist.update(torch.from_numpy(np.asarray(entry.acts[ids][:, units_np])))
+            hist.counts = self._sum_across_ranks(hist.counts)  # the sufficient statistic, exact under DDP
+            mine = self.shard(list(range(len(units))))
+            part = hist.ranges(hp.num_clusters, hp.drop_zeros, hp.cluster_method, seed=hp.seed, units=mine)
+        else:  # float32 cache: cluster each of this rank's units on its distinct values
+            mine = self.shard(list(range(len(units))))
+            part = [activation_ranges(torch.from_numpy(np.asarray(entry.acts[:, int(units_np[j])])), hp.num_clusters,
+                                      None, hp.drop_zeros, hp.cluster_method, seed=hp.seed) for j in mine]
+        got = dict(p for p in self.gather_rows(list(zip(mine, part))))
+        return [got[j] for j in range(len(units))]
+
+    # ------------------------------------------------------------------ bitmaps
+    def range_bitmap(self, entry: ActivationEntry, unit: int, lo: float, hi: float) -> torch.Tensor:
+        """(N, H) bool ``lo < upsample(a_unit) < hi`` over the whole dataset (N = the cache's images)."""
+        index = self.concept_index
+        n, h = entry.shape[0], index.pixel_size
+        out = torch.zeros(n, h, dtype=torch.bool)
+        lo32 = torch.tensor(lo, dtype=torch.float32)
+        hi32 = torch.tensor(hi, dtype=torch.float32)
+        maxes = torch.from_numpy(np.array(entry.maxes[:, unit], dtype=np.float32))
+        margin = float(lo32.abs()) * 1e-5 + 1e-12  # float rounding of the interpolation
+        cand = torch.nonzero(maxes > lo32 - margin).flatten()
+        step = max(1, (1 << 24) // h)
+        for chunk in cand.split(step):
+            ids = chunk.numpy()
+            acts = torch.from_numpy(np.asarray(entry.acts[ids, unit], dtype=np.float32))[:, None]
+            up = upsample_to_mask(acts, index.mask_shape).reshape(len(ids), h)
+            out[chunk] = (up > lo32) & (up < hi32)
+        return out
+
+    # ------------------------------------------------------------------ jobs
+    def _job_key(self, unit: int, k: int, lo: float, hi: float) -> tuple[str, dict[str, Any]]:
+        hp = self.hparams
+        spec = {
+            "activations": self.store_key,
+            "index": self.concept_index.fingerprint(),
+            "vocabulary": hashlib.sha256(json.dumps(self.vocabulary.to_dict()).encode()).hexdigest()[:16],
+            "unit": int(unit), "cluster": int(k), "range": [repr(float(lo)), repr(float(hi))],
+            "num_clusters": hp.num_clusters, "length": hp.length, "beam_size": hp.beam_size,
+            "first_beam_size": hp.first_beam_size, "scorer": hp.scorer, "candidate_limit": hp.candidate_limit,
+            "complexity_penalty": hp.complexity_penalty, "null_baselines": list(hp.null_baselines),
+            "detacc_length": hp.detacc_length, "max_detacc_length": hp.max_detacc_length,
+            "compute_metrics": hp.compute_metrics, "seed": hp.seed, "quantile": hp.quantile,
+            "iou_threshold": hp.iou_threshold,
+        }
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+        return f"u{int(unit):05d}_r{int(k)}_{digest}", spec
+
+    def _load_job(self, path: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # absent, or unreadable: recompute (writes are atomic, so this is rare)
+        if data.get("spec") != spec:
+            return None
+        row = data["row"]
+        for k in ("range_hi", "range_lo", "threshold"):
+            if row.get(k) in ("inf", "-inf"):
+                row[k] = float(row[k])
+        return row
+
+    def explain(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
+                thresholds: torch.Tensor) -> list[dict[str, Any]]:
+        hp = self.hparams
+        t0 = time.perf_counter()
+        self.ranges = self.unit_ranges(entry, local_indices, units, thresholds)
+        ctx = SearchContext(self.concept_index)
+        jobs = []
+        for j, u in enumerate(units.tolist()):
+            if not self.ranges[j]:
+                jobs.append((j, u, 0, None, None))  # a unit that never fires: one empty row
+            for k, (lo, hi) in enumerate(self.ranges[j]):
+                jobs.append((j, u, k, lo, hi))
+        mine = self.shard(jobs)
+        jobs_dir = Path(hp.output_dir) / "jobs"
+        perm = torch.randperm(entry.shape[0], generator=torch.Generator().manual_seed(hp.seed))
+        rows, done, reused = [], 0, 0
+        for j, u, k, lo, hi in mine:
+            if lo is None:
+                rows.append(self._empty_row(u, float(thresholds[j])))
+                continue
+            name, spec = self._job_key(u, k, lo, hi)
+            path = jobs_dir / f"{name}.json"
+            row = self._load_job(path, spec) if hp.resume else None
+            if row is None:
+                t = time.perf_counter()
+                row = self._explain_job(ctx, entry, u, k, lo, hi, float(thresholds[j]), perm)
+                row["seconds"] = round(time.perf_counter() - t, 4)
+                atomic_write_json(path, {"spec": spec, "row": row})
+            else:
+                reused += 1
+            rows.append(row)
+            done += 1
+            log.info("[rank %d] (unit %d, range %d) %d/%d: %s  IoU %.4f", self.global_rank, u, k, done, len(mine),
+                     row["label"] or "-", float(row["iou"]))
+        rows = self.gather_rows(rows)
+        rows.sort(key=lambda r: (int(r["unit"]), int(r["cluster"])))
+        for r in rows:  # wall time depends on the machine: keep it out of the table, which must be reproducible
+            r.pop("seconds", None)
+        log.info("explained %d (unit, range) jobs in %.1f s (%d reused from %s)", len(rows),
+                 time.perf_counter() - t0, reused, jobs_dir)
+        return rows
+
+    def _empty_row(self, unit: int, threshold: float) -> dict[str, Any]:
+        return {"unit": unit, "cluster": 0, "range_lo": 0.0, "range_hi": 0.0, "label": "", "category": "",
+                "length": 0, "iou": 0.0, "threshold": threshold, "interpretable": False}
+
+    def _explain_job(self, ctx: SearchContext, entry: ActivationEntry, unit: int, k: int, lo: float, hi: float,
+                     threshold: float, perm: torch.Tensor) -> dict[str, Any]:
+        hp = self.hparams
+        vocab = self.vocabulary
+        bitmap = self.range_bitmap(entry, unit, lo, hi)
+        tally = UnitTally.build(ctx, bitmap)
+        search = dict(length=hp.length, beam_size=hp.beam_size, first_beam_size=hp.first_beam_size,
+                      scorer=hp.scorer, candidate_limit=hp.candidate_limit, complexity_penalty=hp.complexity_penalty)
+        res = beam_search(ctx, tally, **search)
+        f = res.formula
+        first = res.history[0][0] if res.history and res.history[0] else None
+        row: dict[str, Any] = {
+            "unit": unit,
+            "cluster": k,
+            "range_lo": float(lo),
+            "range_hi": float(hi),
+            "label": res.to_str(vocab),
+            "category": vocab.categories[f.canonical().leaves()[0]] if f is not None else "",
+            "length": f.length if f is not None else 0,
+            "iou": float(res.iou),
+            "threshold": threshold,
+            "interpretable": bool(res.iou > hp.iou_threshold),
+            "active_pixels": tally.total,
+            "best_concept": vocab.names[first[0].concept] if first is not None else "",
+            "best_concept_iou": float(first[1]) if first is not None else 0.0,
+            "visited": int(res.visited),
+            "scorer": hp.scorer,
+        }
+        if hp.compute_metrics:
+            row.update(self._metrics(ctx, tally, f))
+        if "shuffled_labels" in hp.null_baselines:
+            null = beam_search(ctx, bitmap[perm], **search)
+            row["null_shuffled_iou"] = float(null.iou)
+            row["null_shuffled_label"] = null.to_str(vocab)
+        if hp.detacc_length:
+            dres, det = detacc_optimal_search(ctx, tally, min_length=hp.length, max_length=hp.max_detacc_length,
+                                              **{a: b for a, b in search.items() if a != "length"})
+            row["detacc_label"] = dres.to_str(vocab)
+            row["detacc_length"] = dres.formula.length if dres.formula is not None else 0
+            row["detacc_iou"] = float(dres.iou)
+            row["detacc"] = float(det)
+        return row
+
+    def _metrics(self, ctx: SearchContext, tally: UnitTally, f: Formula | None) -> dict[str, float]:
+        n = ctx.num_images
+        if f is None:
+            label = overlap = torch.zeros(n, dtype=torch.int64)
+        else:
+            st = formula_stats(ctx, f, tally, with_concepts=False)
+            label, overlap = st.image_area, st.image_inter
+        m = explanation_metrics_from_counts(tally.act_areas, label, overlap, ctx.pixel_size)
+        return {name: float(v) for name, v in m.items() if name != "iou"}
+
+    # ------------------------------------------------------------------ pictures
+    def label_mask(self, row: dict[str, Any], image_ids: torch.Tensor) -> torch.Tensor:
+        """(B, sh, sw) bool mask of a row's explanation on the given images (for the unit cards)."""
+        if not row.get("label"):
+            return torch.zeros(len(image_ids), *self.concept_index.mask_shape, dtype=torch.bool)
+        return parse(row["label"], self.vocabulary).mask(self.concept_index, image_ids)

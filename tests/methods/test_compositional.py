@@ -1,0 +1,182 @@
+"""CompositionalExplanations end to end on the miniature Broden, against dense brute-force references."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+
+from data_modules.broden import BrodenDataModule
+from lit_explain.activations.clusters import activation_ranges
+from lit_explain.concepts.formulas import parse
+from lit_explain.methods.compositional import CompositionalExplanations
+from lit_explain.methods.netdissect import NetDissect
+from lit_explain.results import read_csv
+from tests.concepts.test_search import dense_eval, dense_iou, reference_beam_search
+from tests.fixtures.broden_writer import make_miniature
+from tests.methods.tiny_models import tiny_cnn
+
+MODEL = "python:tests.methods.tiny_models:tiny_cnn"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def miniature(tmp_path):
+    make_miniature(tmp_path / "broden")
+    return tmp_path
+
+
+def _run(root: Path, out: str = "out", devices: int = 1, cls=CompositionalExplanations, callbacks=(), **kw) -> Path:
+    dm = BrodenDataModule(root=str(root / "broden"), batch_size=4, cache_dir=str(root / "cache"))
+    kw.setdefault("num_pictures", 0)
+    method = cls(model=MODEL, layer="features", output_dir=str(root / out), cache_dir=str(root / "cache"), **kw)
+    extra = dict(strategy="ddp_spawn") if devices > 1 else {}
+    Trainer(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=list(callbacks), **extra).predict(method, datamodule=dm, return_predictions=False)
+    return root / out
+
+
+def _rows(out: Path) -> list[dict]:
+    """Result rows with full float precision (the JSON; the CSV rounds to 8 digits)."""
+    rows = json.loads((out / "explanations.json").read_text())["rows"]
+    for r in rows:
+        for k in ("range_lo", "range_hi", "threshold"):
+            if isinstance(r.get(k), str):
+                r[k] = float(r[k])
+    return rows
+
+
+def _dense(root: Path):
+    """Activations straight from the model, dense concept masks straight from the annotations."""
+    dm = BrodenDataModule(root=str(root / "broden"))
+    dm.setup("predict")
+    ds = dm.dataset
+    vocab = ds.vocabulary
+    model = tiny_cnn().eval()
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    with torch.no_grad():
+        acts = model.features(model.relu1(model.conv1(images))).half()  # the cache stores float16
+    n = acts.shape[0]
+    sh, sw = ds.mask_shape
+    masks = torch.zeros(n, len(vocab), sh * sw, dtype=torch.bool)
+    for i in range(n):
+        planes, image_labels = ds.annotations(i)
+        for c, lab in enumerate(vocab.label_ids):
+            if len(planes):
+                masks[i, c] = torch.from_numpy((np.asarray(planes) == lab).any(0).reshape(-1))
+            if lab in image_labels:
+                masks[i, c] = True
+    up = F.interpolate(acts.float(), size=(sh, sw), mode="bilinear", align_corners=False).flatten(2)
+    return acts, up, masks, vocab
+
+
+def test_one_cluster_length_one_is_netdissect(miniature):
+    q = 0.2
+    nd = _rows(_run(miniature, out="nd", cls=NetDissect, quantile=q))
+    ce = _rows(_run(miniature, out="ce", num_clusters=1, length=1, quantile=q))
+    assert [r["unit"] for r in nd] == [r["unit"] for r in ce]
+    for a, b in zip(nd, ce):
+        assert float(a["iou"]) == pytest.approx(float(b["iou"]), abs=1e-12)
+        if float(a["iou"]) > 0:
+            assert a["label"] == b["label"]
+        assert float(a["threshold"]) == float(b["range_lo"]) and b["range_hi"] == math.inf
+
+
+@pytest.mark.parametrize("clusters,length", [(1, 3), (3, 2)])
+def test_every_unit_range_matches_a_dense_reference_search(miniature, clusters, length):
+    rows = _rows(_run(miniature, num_clusters=clusters, length=length, quantile=0.2))
+    acts, up, masks, vocab = _dense(miniature)
+    u_count = acts.shape[1]
+    seen = set()
+    for r in rows:
+        u, k = int(r["unit"]), int(r["cluster"])
+        seen.add(u)
+        if clusters == 1:
+            thr = float(np.quantile(acts[:, u].double().numpy().reshape(-1), 0.8))
+            assert float(r["range_lo"]) == pytest.approx(thr, abs=1e-7)
+            lo, hi = torch.tensor(float(r["range_lo"]), dtype=torch.float32), math.inf
+        else:  # independent clustering of the unit's values, then the k-th range
+            ranges = activation_ranges(acts[:, u].double(), k=clusters)
+            assert (float(r["range_lo"]), float(r["range_hi"])) == ranges[k]
+            lo, hi = torch.tensor(ranges[k][0], dtype=torch.float32), torch.tensor(ranges[k][1], dtype=torch.float32)
+        a = (up[:, u] > lo) & (up[:, u] < hi)
+        ref_f, ref_iou = reference_beam_search(masks, a, length=length, beam=5)
+        assert float(r["iou"]) == pytest.approx(ref_iou, abs=1e-12), r
+        if ref_f is not None:
+            f = parse(r["label"], vocab)
+            assert f.key == ref_f.key
+            # metric columns against dense masks
+            fm = dense_eval(f, masks)
+            inter = (fm & a).sum(1)
+            assert float(r["activation_coverage"]) == pytest.approx(float(inter.sum() / a.sum()))
+            assert float(r["label_coverage"]) == pytest.approx(float(inter.sum() / fm.sum()))
+            det = float((inter > 0).sum()) / float((fm.sum(1) > 0).sum())
+            assert float(r["samples_coverage"]) == pytest.approx(det)
+            assert float(r["null_shuffled_iou"]) >= 0.0
+        else:
+            assert r["label"] == ""
+    assert seen == set(range(u_count))
+    if clusters > 1:
+        assert sum(int(r["unit"]) == 0 for r in rows) >= 2  # several ranges per unit
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_reuses_finished_jobs_and_gives_the_same_table(miniature, monkeypatch):
+    import lit_explain.methods.compositional as mod
+
+    clean = (_run(miniature, out="clean", num_clusters=2, length=2, quantile=0.2) / "explanations.csv").read_bytes()
+    calls = {"n": 0}
+    real = mod.beam_search
+
+    def crashing(*a, **kw):  # an interruption in the middle of the job list
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise _Interrupted()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mod, "beam_search", crashing)
+    with pytest.raises(_Interrupted):
+        _run(miniature, out="x", num_clusters=2, length=2, quantile=0.2)
+    assert not (miniature / "x" / "explanations.csv").exists()
+    finished = list((miniature / "x" / "jobs").glob("*.json"))
+    assert 1 <= len(finished) < 12  # searches and null baselines interleave: 2 calls per job
+    calls["n"] = -10**9  # no more interruptions; count the searches of the resumed run
+    monkeypatch.setattr(mod, "beam_search", lambda *a, **kw: (calls.__setitem__("r", calls.get("r", 0) + 1), real(*a, **kw))[1])
+    resumed = (_run(miniature, out="x", num_clusters=2, length=2, quantile=0.2) / "explanations.csv").read_bytes()
+    assert resumed == clean
+    total_jobs = len(read_csv(miniature / "x" / "explanations.csv"))
+    assert calls["r"] == 2 * (total_jobs - len(finished))  # finished jobs were not searched again
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_processes_give_the_same_table(miniature):
+    kw = dict(num_clusters=3, length=2, quantile=0.2)
+    one = (_run(miniature, out="one", **kw) / "explanations.csv").read_bytes()
+    two = (_run(miniature, out="two", devices=2, **kw) / "explanations.csv").read_bytes()
+    assert one == two
+
+
+def test_bad_arguments_raise(miniature):
+    with pytest.raises(ValueError, match="scorer"):
+        CompositionalExplanations(model=MODEL, layer="features", scorer="fastest")
+    with pytest.raises(ValueError, match="null baselines"):
+        CompositionalExplanations(model=MODEL, layer="features", null_baselines=["random_labels"])
+    with pytest.raises(ValueError, match="num_clusters"):
+        CompositionalExplanations(model=MODEL, layer="features", num_clusters=0)
