@@ -67,7 +67,7 @@ class ExplanationWriter(Callback):
         cards = self._draw(trainer, pl_module, rows, out) if self.pictures else []
         if self.report:
             write_report(out, rows, {**pl_module.result_meta, "config": config_text},
-                         {name: out / "units" / f"{name}.png" for name, _ in cards})
+                         {name: Path("units") / f"{name}.png" for name, _ in cards})  # relative to out
         self._tensorboard(trainer, pl_module, rows, cards)
         log.info("wrote %d explanations to %s", len(rows), out)
         if self.summary:
