@@ -169,11 +169,12 @@ class PeakRSS:
 
 
 def timed_search(ctx, bitmap, scorer):
+    """(result, wall seconds, CPU seconds of this process, peak extra resident bytes)."""
     with PeakRSS() as mem:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = beam_search(ctx, bitmap, length=3, beam_size=5, scorer=scorer)
-        dt = time.perf_counter() - t
-    return res, dt, mem.extra
+        dt, dc = time.perf_counter() - t, time.process_time() - c
+    return res, dt, dc, mem.extra
 
 
 def main(argv=None) -> None:
@@ -228,12 +229,12 @@ def main(argv=None) -> None:
         for label, a in bitmaps:
             results = {}
             for sc in todo:
-                res, dt, extra = timed_search(ctx, a, sc)
+                res, dt, dc, extra = timed_search(ctx, a, sc)
                 results[sc] = res
-                row = dict(images=n, unit=label, scorer=sc, seconds=dt, visited=res.visited, iou=res.iou,
+                row = dict(images=n, unit=label, scorer=sc, seconds=dt, cpu_seconds=dc, visited=res.visited, iou=res.iou,
                            formula=res.to_str(names), peak_extra_mib=extra / 2**20, active=int(a.sum()))
                 (rows if n == args.images else doubling).append(row)
-                print(f"  {label:45s} {sc:6s} {dt:8.2f} s  visited {res.visited:6d}  iou {res.iou:.4f}  "
+                print(f"  {label:45s} {sc:6s} {dt:8.2f} s (cpu {dc:8.2f} s)  visited {res.visited:6d}  iou {res.iou:.4f}  "
                       f"{res.to_str(names)}  (+{extra / 2**20:.0f} MiB)", flush=True)
             ref = results[todo[0]]
             for sc, r in results.items():
@@ -253,23 +254,30 @@ def render(rows, doubling, info, scorers) -> str:
     n = info["images"]
     lines = [f"### Compositional search, length 3, beam 5: {n:,} images, {info['mask']}x{info['mask']} masks, "
              f"{info['concepts']} concepts, {info['threads']} CPU threads", ""]
-    lines += ["| (unit, range) bitmap | scorer | s / (unit, range) | visited | IoU | formula | peak extra MiB |",
-              "|---|---|---:|---:|---:|---|---:|"]
+    lines += ["| (unit, range) bitmap | scorer | wall s | CPU s | visited | IoU | formula | peak extra MiB |",
+              "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
-        lines.append(f"| {r['unit']} | {r['scorer']} | {r['seconds']:.2f} | {r['visited']} | {r['iou']:.4f} | "
-                     f"{r['formula']} | {r['peak_extra_mib']:.0f} |")
-    mean = lambda sc, rs: sum(r["seconds"] for r in rs if r["scorer"] == sc) / max(1, sum(r["scorer"] == sc for r in rs))  # noqa: E731
-    lines += ["", "| scorer | mean s / (unit, range) | speed-up of exact | mean peak extra MiB |", "|---|---:|---:|---:|"]
-    ex = mean("exact", rows)
+        lines.append(f"| {r['unit']} | {r['scorer']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['visited']} | "
+                     f"{r['iou']:.4f} | {r['formula']} | {r['peak_extra_mib']:.0f} |")
+
+    def mean(sc, rs, key="seconds"):
+        sel = [r[key] for r in rs if r["scorer"] == sc]
+        return sum(sel) / max(1, len(sel))
+
+    lines += ["", "| scorer | mean wall s / (unit, range) | mean CPU s | exact is faster by (wall / CPU) | max peak extra MiB |",
+              "|---|---:|---:|---:|---:|"]
+    ex, exc = mean("exact", rows), mean("exact", rows, "cpu_seconds")
     for sc in scorers:
-        m = mean(sc, rows)
+        m, mc = mean(sc, rows), mean(sc, rows, "cpu_seconds")
         peak = max((r["peak_extra_mib"] for r in rows if r["scorer"] == sc), default=0)
-        lines.append(f"| {sc} | {m:.2f} | {m / ex:.0f}x | {peak:.0f} |")
+        lines.append(f"| {sc} | {m:.2f} | {mc:.2f} | {m / ex:.0f}x / {mc / exc:.0f}x | {peak:.0f} |")
     if doubling:
-        lines += ["", f"| scorer | s / (unit, range) at {n:,} images | at {2 * n:,} images | ratio |", "|---|---:|---:|---:|"]
+        lines += ["", f"| scorer | wall (CPU) s at {n:,} images | at {2 * n:,} images | ratio wall (CPU) |",
+                  "|---|---:|---:|---:|"]
         for sc in sorted({r["scorer"] for r in doubling}, key=scorers.index):
             a, b = mean(sc, rows), mean(sc, doubling)
-            lines.append(f"| {sc} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+            ac, bc = mean(sc, rows, "cpu_seconds"), mean(sc, doubling, "cpu_seconds")
+            lines.append(f"| {sc} | {a:.2f} ({ac:.2f}) | {b:.2f} ({bc:.2f}) | {b / a:.2f} ({bc / ac:.2f}) |")
     lines += ["", f"Index: {info['entries'][n]:,} sparse entries ({info['index_bytes'][n] / 2**20:.0f} MiB); dense bool "
               f"masks of every concept would take {info['dense_masks_bytes'][n] / 2**20:.0f} MiB."]
     lines.append(f"Exact scorer's index-level cache (concept co-occurrence, one pass over the entries): "

@@ -180,3 +180,15 @@ def test_bad_arguments_raise(miniature):
         CompositionalExplanations(model=MODEL, layer="features", null_baselines=["random_labels"])
     with pytest.raises(ValueError, match="num_clusters"):
         CompositionalExplanations(model=MODEL, layer="features", num_clusters=0)
+
+
+def test_detacc_optimal_length_columns(miniature):
+    rows = _rows(_run(miniature, num_clusters=1, length=2, quantile=0.2, detacc_length=True, max_detacc_length=4,
+                      null_baselines=[]))
+    for r in rows:
+        if not r["label"]:
+            continue
+        assert 2 <= r["detacc_length"] <= 4 or r["detacc_label"] == r["label"]
+        # it starts from the fixed-length answer and only moves to a formula with a higher DetAcc
+        assert r["detacc"] >= r["samples_coverage"] - 1e-12
+        assert "null_shuffled_iou" not in r
