@@ -17,7 +17,13 @@ For each selected unit u of the layer (dissection.md §2.5, §3):
    visited states, optional detection-accuracy-optimal formula (detacc-compexp), and null baselines: the IoU of
    the same search with the concept annotations shuffled across images (``null_shuffled_iou``: what chance
    alignment achieves with these masks and this bitmap), so an IoU of 0.04 can be judged.
-4. **Resume.** Each finished job is written atomically to ``{output_dir}/jobs/<key>.json`` (the key hashes the
+4. **Model-based metrics (options).** ``concept_masking``: CCE's label-masking score of each explanation (the
+   cosine between the unit's in-range activations before and after attenuating everything but the explanation in
+   the input; one forward pass per (explanation, image containing it), in batches). ``range_importance``: the
+   fraction of images whose predicted class changes when cluster range k of every selected unit is zeroed
+   (a forward hook on the layer; K + 1 forward passes per image, summed across ranks), reported on each row of
+   cluster k.
+5. **Resume.** Each finished job is written atomically to ``{output_dir}/jobs/<key>.json`` (the key hashes the
    activation cache, the concept index, the range and every search setting); a rerun after an interruption
    loads them instead of searching again, so it produces the same table.
 
@@ -47,7 +53,11 @@ from lit_explain.concepts.formulas import Formula, parse
 from lit_explain.concepts.search import SCORERS, SearchContext, beam_search, detacc_optimal_search
 from lit_explain.concepts.tally import UnitTally, formula_stats
 from lit_explain.methods.dissection import DissectionMethod
+from lit_explain.metrics.concept_masking import ConceptMaskingScore
+from lit_explain.metrics.functional.concept_masking import concept_masking_inputs
 from lit_explain.metrics.functional.explanation_metrics import explanation_metrics_from_counts
+from lit_explain.metrics.functional.range_importance import mask_activation_ranges
+from lit_explain.metrics.range_importance import RangeImportance
 
 __all__ = ["CompositionalExplanations", "NULL_BASELINES"]
 
@@ -79,6 +89,12 @@ class CompositionalExplanations(DissectionMethod):
             ``length`` while its DetAcc grows).
         max_detacc_length: longest formula tried by ``detacc_length``.
         compute_metrics: add the CCE metric columns (activation/label/samples/explanation coverage, sizes).
+        concept_masking: add CCE's concept-masking score (``concept_masking`` column; costs one forward pass per
+            explanation and image where it occurs). The masks' random values come from a generator seeded with
+            ``seed * 1000003 + unit * 101 + cluster``, so the score does not depend on the number of processes.
+        range_importance: add CCE's range importance of each cluster index (``range_importance`` column; K + 1
+            forward passes over the dataset; the layer must output (B, U, h, w) maps and the model logits).
+        masking_batch_size: images per forward pass of the two options above.
         resume: reuse finished (unit, range) results from ``{output_dir}/jobs`` (written atomically per job).
         iou_threshold: an explanation is reported ``interpretable`` when its IoU exceeds this.
         **kwargs: see :class:`DissectionMethod` (model, layer, weights, units, random_units, quantile, ...).
@@ -100,6 +116,9 @@ class CompositionalExplanations(DissectionMethod):
         detacc_length: bool = False,
         max_detacc_length: int = 6,
         compute_metrics: bool = True,
+        concept_masking: bool = False,
+        range_importance: bool = False,
+        masking_batch_size: int = 64,
         resume: bool = True,
         iou_threshold: float = 0.04,
         **kwargs: Any,
@@ -172,7 +191,8 @@ class CompositionalExplanations(DissectionMethod):
             "first_beam_size": hp.first_beam_size, "scorer": hp.scorer, "candidate_limit": hp.candidate_limit,
             "complexity_penalty": hp.complexity_penalty, "null_baselines": list(hp.null_baselines),
             "detacc_length": hp.detacc_length, "max_detacc_length": hp.max_detacc_length,
-            "compute_metrics": hp.compute_metrics, "seed": hp.seed, "quantile": hp.quantile,
+            "compute_metrics": hp.compute_metrics, "concept_masking": hp.concept_masking,
+            "seed": hp.seed, "quantile": hp.quantile,
             "iou_threshold": hp.iou_threshold,
         }
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
@@ -227,6 +247,11 @@ class CompositionalExplanations(DissectionMethod):
                      row["label"] or "-", float(row["iou"]))
         rows = self.gather_rows(rows)
         rows.sort(key=lambda r: (int(r["unit"]), int(r["cluster"])))
+        if hp.range_importance:
+            scores = self.range_importance_scores(local_indices, units, self.ranges)
+            for r in rows:
+                has_range = float(r["range_hi"]) > float(r["range_lo"])  # not the row of a unit that never fires
+                r["range_importance"] = scores[int(r["cluster"])] if has_range else 0.0
         for r in rows:  # wall time depends on the machine: keep it out of the table, which must be reproducible
             r.pop("seconds", None)
         log.info("explained %d (unit, range) jobs in %.1f s (%d reused from %s)", len(rows),
@@ -267,6 +292,8 @@ class CompositionalExplanations(DissectionMethod):
         }
         if hp.compute_metrics:
             row.update(self._metrics(ctx, tally, f))
+        if hp.concept_masking:
+            row["concept_masking"] = self.concept_masking_score(ctx, entry, unit, k, lo, hi, f)
         if "shuffled_labels" in hp.null_baselines:
             null = beam_search(ctx, bitmap[perm], **search)
             row["null_shuffled_iou"] = float(null.iou)
@@ -289,6 +316,81 @@ class CompositionalExplanations(DissectionMethod):
             label, overlap = st.image_area, st.image_inter
         m = explanation_metrics_from_counts(tally.act_areas, label, overlap, ctx.pixel_size)
         return {name: float(v) for name, v in m.items() if name != "iou"}
+
+    # ------------------------------------------------------------------ model-based metrics
+    def _images(self, ids: Sequence[int]) -> torch.Tensor:
+        ds = self.trainer.datamodule.dataset
+        return torch.stack([ds[int(i)]["image"] for i in ids]).to(self.device)
+
+    def concept_masking_score(self, ctx: SearchContext, entry: ActivationEntry, unit: int, k: int, lo: float,
+                              hi: float, f: Formula | None) -> float:
+        """CCE's concept-masking cosine score of one explanation (see the class arguments)."""
+        if f is None:
+            return 0.0
+        hp = self.hparams
+        present = torch.nonzero(formula_stats(ctx, f, None, with_concepts=False).image_area > 0).flatten()
+        g = torch.Generator().manual_seed(hp.seed * 1000003 + unit * 101 + k)
+        metric = ConceptMaskingScore(1, sync_on_compute=False)
+        bounds = (torch.tensor([lo]), torch.tensor([hi]))
+        for chunk in present.split(hp.masking_batch_size):
+            images = self._images(chunk.tolist())
+            masks = f.mask(self.concept_index, chunk)[:, None]  # (B, 1, sh, sw)
+            x = concept_masking_inputs(images.cpu(), masks, g).to(self.device)
+            with torch.no_grad():
+                after = self.probe(x)[hp.layer][:, unit].float().cpu()
+            before = torch.from_numpy(np.asarray(entry.acts[chunk.numpy(), unit], dtype=np.float32))
+            metric.update(before.flatten(1)[:, None], after.flatten(1)[:, None], torch.ones(len(chunk), 1), *bounds)
+        return float(metric.compute())
+
+    def range_importance_scores(self, local_indices: torch.Tensor, units: torch.Tensor,
+                                ranges: list[list[tuple[float, float]]]) -> list[float]:
+        """Per cluster index k, the fraction of images whose arg-max prediction changes when every selected
+        unit's activations strictly inside its k-th range are zeroed (summed over ranks)."""
+        hp = self.hparams
+        k_max = max((len(r) for r in ranges), default=0)
+        if k_max == 0:
+            return []
+        module = self.net.get_submodule(hp.layer)
+        state: dict[str, Any] = {"k": None}
+        lo = hi = None
+
+        def hook(mod, inputs, output):
+            nonlocal lo, hi
+            if state["k"] is None:
+                return None
+            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+                raise ValueError(f"range_importance needs layer {hp.layer!r} to output (B, U, h, w) maps, got "
+                                 f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
+            if lo is None:  # units that are not selected, and missing ranges, are never masked
+                lo = torch.full((output.shape[1], k_max), math.inf, dtype=output.dtype, device=output.device)
+                hi = torch.full_like(lo, -math.inf)
+                for j, u in enumerate(units.tolist()):
+                    for kk, (a, b) in enumerate(ranges[j]):
+                        lo[u, kk], hi[u, kk] = a, b
+            kk = state["k"]
+            return mask_activation_ranges(output, lo[:, kk : kk + 1], hi[:, kk : kk + 1])[0]
+
+        metric = RangeImportance(k_max, sync_on_compute=False)
+        handle = module.register_forward_hook(hook)
+        try:
+            for chunk in local_indices.split(hp.masking_batch_size):
+                images = self._images(chunk.tolist())
+                with torch.no_grad():
+                    state["k"] = None
+                    logits = self.net(images)
+                    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                        raise ValueError("range_importance needs a classifier whose output is (B, classes) logits")
+                    masked = []
+                    for kk in range(k_max):
+                        state["k"] = kk
+                        masked.append(self.net(images))
+                    state["k"] = None
+                metric.update(logits.cpu(), torch.stack(masked).cpu())
+        finally:
+            handle.remove()
+        changed = self._sum_across_ranks(metric.changed)
+        total = self._sum_across_ranks(metric.total)
+        return [float(v) for v in (changed.to(torch.float64) / max(1, int(total)))]
 
     # ------------------------------------------------------------------ pictures
     def label_mask(self, row: dict[str, Any], image_ids: torch.Tensor) -> torch.Tensor:

@@ -192,3 +192,46 @@ def test_detacc_optimal_length_columns(miniature):
         # it starts from the fixed-length answer and only moves to a formula with a higher DetAcc
         assert r["detacc"] >= r["samples_coverage"] - 1e-12
         assert "null_shuffled_iou" not in r
+
+
+def test_range_importance_and_concept_masking_match_direct_computation(miniature):
+    from lit_explain.metrics.functional.concept_masking import concept_masking_inputs
+
+    out = _run(miniature, num_clusters=2, length=2, quantile=0.2, null_baselines=[], range_importance=True,
+               concept_masking=True, masking_batch_size=4)
+    rows = _rows(out)
+    acts, up, masks, vocab = _dense(miniature)
+    dm = BrodenDataModule(root=str(miniature / "broden"))
+    dm.setup("predict")
+    images = torch.stack([dm.dataset[i]["image"] for i in range(len(dm.dataset))])
+    model = tiny_cnn().eval()
+    # range importance: zero the k-th range of every unit inside the network, count changed predictions
+    with torch.no_grad():
+        base = model(images).argmax(1)
+        feats = model.features(model.relu1(model.conv1(images)))
+        for k in range(2):
+            lo = torch.tensor([next(r["range_lo"] for r in rows if r["unit"] == u and r["cluster"] == k)
+                               for u in range(acts.shape[1])]).view(1, -1, 1, 1).float()
+            hi = torch.tensor([next(r["range_hi"] for r in rows if r["unit"] == u and r["cluster"] == k)
+                               for u in range(acts.shape[1])]).view(1, -1, 1, 1).float()
+            masked = torch.where((feats > lo) & (feats < hi), torch.zeros(()), feats)
+            changed = (model.fc(model.flatten(model.pool(masked))).argmax(1) != base).float().mean()
+            for r in rows:
+                if r["cluster"] == k:
+                    assert r["range_importance"] == pytest.approx(float(changed))
+    # concept masking of one explanation, recomputed from the documented seed
+    r = next(r for r in rows if r["label"])
+    f = parse(r["label"], vocab)
+    u, k = r["unit"], r["cluster"]
+    present = torch.nonzero(dense_eval(f, masks).any(1)).flatten()
+    g = torch.Generator().manual_seed(0 * 1000003 + u * 101 + k)
+    cos = []
+    for chunk in present.split(4):
+        m = dense_eval(f, masks)[chunk].view(len(chunk), 1, *dm.dataset.mask_shape)
+        x = concept_masking_inputs(images[chunk], m, g)
+        with torch.no_grad():
+            after = model.features(model.relu1(model.conv1(x)))[:, u].flatten(1).double()
+        before = acts[chunk, u].float().flatten(1).double()
+        b = (before > r["range_lo"]) & (before < r["range_hi"])
+        cos += F.cosine_similarity(before * b, after * b, dim=1, eps=1e-8).tolist()
+    assert r["concept_masking"] == pytest.approx(sum(cos) / len(cos), abs=1e-6)
