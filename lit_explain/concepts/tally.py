@@ -152,12 +152,13 @@ class SearchContext:
         self.level_matrix = index.image_concepts[:, self.level_columns].to(torch.float64)
         #: _chunks reads whole contiguous image blocks when the wanted images fill this fraction of their span
         self.contiguous_fraction = 0.25
-        if self.offsets.size > 1:
-            run_starts = np.flatnonzero(np.diff(self.offsets)) + 1
-            lengths = np.diff(np.concatenate([[0], run_starts, [self.offsets.size]]))
-            self.max_labels = int(lengths.max())
-        else:
-            self.max_labels = 1
+        # most labels on one pixel: entries are sorted by offset, so m + 1 labels share a pixel iff some entry
+        # equals the one m places later (one comparison pass per label, no index arrays)
+        self.max_labels = 1
+        while self.max_labels < self.offsets.size and bool(
+            np.any(self.offsets[self.max_labels :] == self.offsets[: -self.max_labels])
+        ):
+            self.max_labels += 1
         self._pixel_pairs: np.ndarray | None = None
         self._cooc_rows: dict[int, torch.Tensor] = {}
         self._postings: tuple[np.ndarray, np.ndarray] | None = None
