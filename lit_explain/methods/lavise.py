@@ -40,9 +40,15 @@ from lit_explain.metrics.recall import RecallAtK
 from lit_explain.models.explainer_head import CutBackbone, ExplainerHead
 from lit_explain.text.encoders import TextEncoder
 
-__all__ = ["LaViSE"]
+__all__ = ["LaViSE", "RUN_OPTIONS"]
 
 log = logging.getLogger(__name__)
+
+#: Arguments that describe a run (what to explain, how, where to write), not the trained explainer. They are left
+#: out of checkpoints' hyper-parameters, so ``predict --ckpt_path ...`` takes them from the command line and config
+#: (LightningCLI otherwise lets a checkpoint's hyper-parameters override the config).
+RUN_OPTIONS = ("cache_features", "cache_max_gb", "ks", "units", "top_images", "top_words", "num_words", "attention",
+               "word_source", "relevance_weighting", "quantile", "iou_threshold", "explain_batch_size", "output_dir")
 
 
 class LaViSE(LightningModule):
@@ -74,6 +80,10 @@ class LaViSE(LightningModule):
     what the attention is meant to isolate), and it matches how the explainer was trained (features masked
     spatially). ``attention_paper`` is available for comparison, as are the baselines ``activation``,
     ``image`` and ``original``.
+
+    **Checkpoints** hold the head, the label embeddings and names, and the hyper-parameters that define the
+    explainer; the run options in :data:`RUN_OPTIONS` (units, top images/words, attention, vocabulary, output
+    folder...) are left out, so ``predict --ckpt_path`` honours the command line and config for them.
 
     Args:
         model: model spec for :func:`~lit_explain.models.loading.load_model` (``torchvision:resnet18``,
@@ -217,6 +227,12 @@ class LaViSE(LightningModule):
                            f"{missing[:20]}. Filter the data module's vocabulary to words the encoder knows "
                            "(e.g. min_count / a label list) or use a sentence encoder.")
         return emb.float()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hp = checkpoint.get("hyper_parameters")
+        if isinstance(hp, dict):
+            for key in RUN_OPTIONS:
+                hp.pop(key, None)
 
     def get_extra_state(self) -> dict[str, Any]:
         """The training label names travel with the state dict (checkpoints, ddp_spawn results)."""
@@ -472,9 +488,12 @@ class LaViSE(LightningModule):
             words[pu, pj] = top.indices.cpu()
             scores[pu, pj] = top.values.float().cpu()
             maps[pu, pj] = fu.float().cpu()
-            if "masks" in batch:
-                gt[pu, pj] = iou_ground_truth(fu.float().cpu(), thresholds[pu], batch["masks"][pi],
-                                              batch["mask_labels"][pi], num_labels, hp.iou_threshold)
+            if "masks" in batch:  # in small groups: masks are (M, S, S) per pair at image resolution
+                fu_cpu = fu.float().cpu()
+                for g in range(0, len(pu), 16):
+                    sl = slice(g, g + 16)
+                    gt[pu[sl], pj[sl]] = iou_ground_truth(fu_cpu[sl], thresholds[pu[sl]], batch["masks"][pi[sl]],
+                                                          batch["mask_labels"][pi[sl]], num_labels, hp.iou_threshold)
 
 
 class _FeatureCache:

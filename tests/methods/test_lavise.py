@@ -268,7 +268,10 @@ def test_outputs_written(trained):
 
 def test_predict_from_checkpoint_matches_and_is_deterministic(trained, tmp_path):
     m0, dm = trained["module"], trained["dm"]
-    m = LaViSE.load_from_checkpoint(trained["ckpt"], text_encoder=HashEncoder(32), output_dir=str(tmp_path))
+    hparams = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert hparams["layer_target"] == "layer1" and "units" not in hparams and "attention" not in hparams
+    m = LaViSE.load_from_checkpoint(trained["ckpt"], text_encoder=HashEncoder(32), output_dir=str(tmp_path),
+                                    attention="attention_paper", top_images=6, ks=[1, 5, 10])
     assert m.label_names == [f"color{c}" for c in range(12)]
     trainer = make_trainer()
     trainer.predict(m, dm, return_predictions=False)
