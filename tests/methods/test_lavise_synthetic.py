@@ -45,7 +45,6 @@ def _trainer(**kw) -> Trainer:
     return Trainer(**args)
 
 
-@pytest.mark.slow
 def test_planted_colour_filters_are_named(world, encoder):
     from callbacks.recall import FilterRecall
     from lit_explain.methods.lavise import LaViSE
@@ -90,10 +89,14 @@ def test_shipped_synthetic_config_fit_then_predict(world, tmp_path, monkeypatch)
     common = ["--config", cfg, "--data.root", dm.hparams.root, "--data.num_images", "320",
               "--data.cache_dir", str(tmp_path / "cache"), "--model.weights", "none",
               "--model.text_encoder.init_args.cache_dir", str(tmp_path / "emb")]
+    # an optimizer given on the command line replaces the module's default Adam + ReduceLROnPlateau
     main(["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
-          "--trainer.limit_val_batches", "2"])
+          "--trainer.limit_val_batches", "2", "--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.05",
+          "--optimizer.momentum", "0.9"])
     ckpt = tmp_path / "outputs/lavise_synthetic/checkpoints/last.ckpt"
-    assert ckpt.is_file()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["optimizer_states"][0]["param_groups"][0]["momentum"] == 0.9
+    assert "units" not in state["hyper_parameters"]  # run options come from the predict command below
     main(["predict", *common, "--ckpt_path", str(ckpt), "--model.units", "[0, 5, 17]", "--model.top_images", "4"])
     out = tmp_path / "outputs/lavise_synthetic"
     with open(out / "filters.csv") as f:
