@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -302,7 +301,7 @@ def test_attention_modes_and_relevance_weighting(trained, tmp_path):
         assert r["recall@5/seen"] > 0.5, (mode, r)
 
 
-def test_word_list_vocabulary_with_unknown_words(trained, tmp_path, caplog):
+def test_word_list_vocabulary_with_unknown_words(trained, tmp_path):
     m, dm = trained["module"], trained["dm"]
     words = tmp_path / "words.txt"
     words.write_text("# colours and distractors\n" + "\n".join([f"color{c}" for c in range(12)] +

@@ -13,7 +13,6 @@ from lit_explain.metrics.functional.recall import (
     iou_ground_truth,
     mask_iou,
     recall_at_k,
-    recall_at_k_update,
     tail_quantile,
     tail_size,
 )
