@@ -156,7 +156,7 @@ class _SceneSampler:
         forced: dict[tuple[int, str], bool] = {}  # (object, attribute) -> fixed
         forced_img: set[str] = set()
         objs = scene["objects"]
-        for name in sorted(pos, key=lambda n: CATEGORIES.index(self.category[n])):
+        for name in sorted(pos, key=lambda n: (CATEGORIES.index(self.category[n]), n)):  # name breaks ties: set order varies per process
             cat = self.category[name]
             if cat in IMAGE_LEVEL_CATEGORIES:
                 if cat in forced_img and scene[cat] != name:
