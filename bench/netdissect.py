@@ -99,7 +99,7 @@ def broden_scale(images: int, ref_images: int, seed: int = 0) -> list[tuple[str,
     entry = SimpleNamespace(acts=acts, maxes=acts.astype(np.float32).reshape(images, 512, -1).max(-1))
     thr = store_unit_quantiles(acts, 0.995)
     t = time.perf_counter()
-    metric = tally_iou(entry, torch.arange(images), torch.arange(512), thr, index)
+    tally_iou(entry, torch.arange(images), torch.arange(512), thr, index)
     t_tally = time.perf_counter() - t
     m = min(ref_images, images)
     t = time.perf_counter()

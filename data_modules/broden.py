@@ -52,9 +52,7 @@ import csv
 import difflib
 import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +65,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from lit_explain.atomic import atomic_write_text
 from lit_explain.concepts import ConceptIndex, ConceptVocabulary
 
 __all__ = ["BrodenDataModule", "BrodenDataset", "BrodenFormatError", "DEFAULT_CATEGORIES"]
@@ -123,18 +122,6 @@ def _float(x: str | None) -> float:
         return float(x) if x not in (None, "") else 0.0
     except ValueError:
         return 0.0
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_root(root: Path) -> None:
@@ -805,6 +792,6 @@ class BrodenDataModule(lightning.LightningDataModule):
                     "num_entries": int(index.pixel_offsets.numel()), "vocabulary": self.dataset.vocabulary.to_dict(),
                     "root": str(self.dataset.root), "categories": list(self.dataset.categories),
                 }
-                _atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+                atomic_write_text(meta_path, json.dumps(meta, indent=1))
             self._concept_index = index
         return self._concept_index

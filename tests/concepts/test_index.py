@@ -51,7 +51,6 @@ def test_areas_and_dense_masks():
 def test_category_hits_match_dense():
     masks, image_level, bitmaps = _random_problem(seed=2)
     index = ConceptIndex.from_dense(masks, image_level)
-    dense = _dense(masks, image_level)
     cat = torch.tensor([0, 1, 1, 2, 0])
     ids = torch.arange(7)
     got = index.category_hits(bitmaps, ids, cat, 3)
