@@ -5,9 +5,12 @@ Module names follow torchvision's ResNet (``conv1``, ``bn1``, ``relu``, ``maxpoo
 so layer paths such as ``layer4`` or ``layer3.0.conv2`` and head replacements of ``fc`` (LaViSE) work the
 same as on a torchvision ResNet.
 
-Spatial sizes for a 64 x 64 input: conv1 (stride 2) 32 x 32, layer1 32 x 32, layer2 16 x 16,
-layer3 8 x 8, layer4 8 x 8 (stride 1, so the dissected layer keeps an 8 x 8 grid, mask_size / 4 for the
-world's 32 x 32 masks). Channels: width, width, 2 width, 4 width, 8 width.
+Defaults (chosen by measurement: the smallest net that reaches >= 90 % validation accuracy on the default
+world within the two-minute CPU budget): width 12, one BasicBlock per stage, strides (1, 2, 1, 1).
+Spatial sizes for a 64 x 64 input: conv1 (stride 2) 32 x 32, maxpool 16 x 16, layer1 16 x 16,
+layer2 8 x 8, layer3 8 x 8, layer4 8 x 8 (so the dissected layer keeps an 8 x 8 grid, mask_size / 4 for
+the world's 32 x 32 masks). Channels: width, width, 2 width, 4 width, 8 width (96 units in layer4).
+About 11 M multiply-adds per 64 x 64 image.
 """
 
 from __future__ import annotations
@@ -45,14 +48,18 @@ class SyntheticCNN(nn.Module):
         num_classes: classifier outputs.
         width: channels of conv1/layer1 (layer2..4 have 2x, 4x, 8x).
         blocks: BasicBlocks per stage.
+        strides: stride of the first block of layer1..layer4.
+        maxpool: 3x3 stride-2 max pooling after the stem (else an identity named ``maxpool``).
+        stem_stride: stride of conv1.
     """
 
-    def __init__(self, num_classes: int = 8, width: int = 16, blocks: int = 1,
-                 strides: tuple[int, int, int, int] = (1, 2, 2, 1), maxpool: bool = True) -> None:
+    def __init__(self, num_classes: int = 8, width: int = 12, blocks: int = 1,
+                 strides: tuple[int, int, int, int] = (1, 2, 1, 1), maxpool: bool = True,
+                 stem_stride: int = 2) -> None:
         super().__init__()
         w = int(width)
         s1, s2, s3, s4 = (int(s) for s in strides)
-        self.conv1 = nn.Conv2d(3, w, 3, 2, 1, bias=False)
+        self.conv1 = nn.Conv2d(3, w, 3, int(stem_stride), 1, bias=False)
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1) if maxpool else nn.Identity()
@@ -81,7 +88,9 @@ class SyntheticCNN(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def synthetic_cnn(num_classes: int = 8, width: int = 16, blocks: int = 1,
-                  strides: tuple[int, int, int, int] = (1, 2, 2, 1), maxpool: bool = True) -> SyntheticCNN:
+def synthetic_cnn(num_classes: int = 8, width: int = 12, blocks: int = 1,
+                  strides: tuple[int, int, int, int] = (1, 2, 1, 1), maxpool: bool = True,
+                  stem_stride: int = 2) -> SyntheticCNN:
     """Factory for ``python:lit_explain.models.synthetic_cnn:synthetic_cnn`` (see :class:`SyntheticCNN`)."""
-    return SyntheticCNN(num_classes=num_classes, width=width, blocks=blocks, strides=strides, maxpool=maxpool)
+    return SyntheticCNN(num_classes=num_classes, width=width, blocks=blocks, strides=strides, maxpool=maxpool,
+                        stem_stride=stem_stride)

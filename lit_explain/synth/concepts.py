@@ -15,8 +15,8 @@ lets :mod:`lit_explain.synth.planted` build exact detectors, and a CNN learn the
 * **material** (pixel, optional category): a brightness pattern inside the object (metal: smooth diagonal
   gradient; wood: fine horizontal grain; plastic: flat). Objects without a material have no label there.
 * **scene** (image-level): the background type, a low-chroma base colour with a low-frequency pattern.
-* **texture** (image-level): a high-frequency brightness pattern over the whole background (the scene's
-  surface). Images with a plain background have no texture label. As in Broden (DTD), the label applies to
+* **texture** (image-level): a high-frequency pattern over the whole background (the scene's surface): its
+  dark phase subtracts ``TEXTURE_DEPTH`` from every channel, so it is equally visible on dark scenes. Images with a plain background have no texture label. As in Broden (DTD), the label applies to
   the whole image.
 
 Label numbers are assigned in :func:`world_concepts` order starting at 1 (0 = unlabeled, as in Broden).
@@ -60,7 +60,7 @@ SCENES: dict[str, tuple[float, float, float]] = {
 }
 
 #: Background textures (image-level ``texture`` category).
-TEXTURES: tuple[str, ...] = ("striped", "dotted", "chequered", "zigzagged")
+TEXTURES: tuple[str, ...] = ("striped", "dotted", "chequered", "grid")
 
 #: Category order of label numbers and of ``category.csv``.
 CATEGORIES: tuple[str, ...] = ("color", "object", "part", "material", "scene", "texture")
@@ -74,7 +74,7 @@ RIM_SHADE = 0.5  #: rim brightness factor
 CAP_FRACTION = 0.4  #: top fraction of the object's height that is the cap
 CAP_WHITE = 0.35  #: cap colour = (1 - CAP_WHITE) * colour + CAP_WHITE (same hue, saturation 0.65)
 TEXTURE_PERIOD = 0.125  #: texture period (8 px at 64 px)
-TEXTURE_DARK = 0.8  #: brightness of the dark phase of a texture
+TEXTURE_DEPTH = 0.12  #: the dark phase of a texture is this much darker on every channel (hue and chroma kept)
 BRIGHTNESS_RANGE = (0.9, 1.0)  #: per-object brightness jitter
 
 

@@ -10,9 +10,9 @@ using the world's pixel signatures (:mod:`lit_explain.synth.concepts`):
   0.19) and its HSV hue is within ~12 degrees of the palette hue of ``c`` (parts keep the hue);
 * ``rim`` (pixel): object pixel with brightness (max channel) below ~0.65 (rims are 0.5x, bodies >= 0.79);
 * ``cap`` (pixel): object pixel with saturation (chroma / max) below ~0.77 (caps are 0.65, bodies ~1);
-* scene ``s`` (image-level): the mean colour of the image's background pixels lies on the segment
-  ``a * base_s``, ``a`` in [0.72, 1] (the range of the scene and texture brightness patterns); the unit is a
-  constant map of ``1 - distance / 0.05`` (clamped at 0).
+* scene ``s`` (image-level): the mean colour of the image's background pixels is close to
+  ``a * base_s - b``, ``a`` in [0.88, 1] (the scene's low-frequency pattern), ``b`` in [0, 0.08] (a texture's
+  mean darkening); the unit is a constant map of ``1 - distance / 0.05`` (clamped at 0).
 
 Unit grammar (:mod:`lit_explain.synth.formula`): a concept name (the leaves above), ``a OR b`` (max),
 ``a AND b`` (min), ``a AND NOT b`` (relu(a - b)), parentheses, and weighted sums ``w1*a + w2*b``. Leaves
@@ -56,7 +56,8 @@ _CHROMA_LO, _CHROMA_HI = 0.19, 0.25  # object-pixel ramp on chroma
 _HUE_FULL, _HUE_ZERO = 9.0, 15.0  # colour ramp on hue distance (degrees)
 _RIM_LO, _RIM_HI = 0.6, 0.7  # rim ramp on brightness (1 below LO, 0 above HI)
 _CAP_LO, _CAP_HI = 0.72, 0.82  # cap ramp on saturation
-_SCENE_SCALE = (0.72, 1.0)  # brightness range of scene backgrounds (scene x texture patterns)
+_SCENE_SCALE = (0.88, 1.0)  # mean brightness factor of a scene's low-frequency pattern
+_SCENE_OFFSETS = tuple(0.01 * k for k in range(9))  # mean darkening by a texture (0 .. depth 0.12 x 2/3)
 _SCENE_TAU = 0.05  # scene distance at which the score reaches 0
 
 
@@ -87,9 +88,10 @@ class PlantedFeatures(nn.Module):
         mean, std: the normalisation the input images carry (undone before measuring colours).
         colors: palette name -> RGB in [0, 1] (defaults to the world palette).
         scenes: scene name -> background base RGB (defaults to the world's).
-        peak: pixel detectors are scaled by ``1 - peak + peak * (5x5 local mean of the detector)``, so they
-            peak in the interior of a region instead of forming a flat plateau at 1 (a plateau makes a
-            top-quantile threshold such as NetDissect's 0.005 equal the plateau, and ``a > thr`` empty).
+        peak: pixel detectors are scaled by ``1 - peak + peak * (13x13 tent-weighted local mean of the
+            detector)``, so they peak in the interior of a region instead of forming a flat plateau at 1 (a
+            plateau makes a top-quantile threshold such as NetDissect's 0.005 equal the plateau, and
+            ``a > thr`` empty).
     """
 
     def __init__(self, unit_specs: Sequence[str], stride: int = 4, mean: Sequence[float] = (0.485, 0.456, 0.406),
@@ -137,14 +139,18 @@ class PlantedFeatures(nn.Module):
         pix = torch.cat([col, rim[:, None], cap[:, None]], 1)  # (B, K + 2, H, W)
         if self.peak > 0:  # highest in the interior of a region, so top quantiles are not a flat plateau
             local = F.avg_pool2d(pix, 5, 1, 2, count_include_pad=False)
+            local = F.avg_pool2d(local, 9, 1, 4, count_include_pad=False)  # 13 x 13 tent: one peak per region
             pix = pix * ((1.0 - self.peak) + self.peak * local)
         out = {name: pix[:, k] for k, name in enumerate([*self.color_names, "rim", "cap"])}
-        # scenes: mean background colour, distance to the segment a * base, a in _SCENE_SCALE
+        # scenes: mean background colour m ~ a * base - b, a in _SCENE_SCALE (scene pattern), b in
+        # _SCENE_OFFSETS (texture); distance of m to that set, minimised over b, closed form in a
         w = (1.0 - obj)[:, None]
         mean_bg = (rgb * w).sum((2, 3)) / w.sum((2, 3)).clamp_min(1.0)  # (B, 3)
         base = self.scene_bases  # (S, 3)
-        a = ((mean_bg @ base.T) / (base * base).sum(1)).clamp(*_SCENE_SCALE)  # (B, S)
-        d = (mean_bg[:, None, :] - a[..., None] * base[None]).norm(dim=-1)  # (B, S)
+        off = torch.tensor(_SCENE_OFFSETS, dtype=rgb.dtype, device=rgb.device)  # (G,)
+        t = mean_bg[:, None, :] + off[:, None]  # (B, G, 3): m + b
+        a = (torch.einsum("bgc,sc->bgs", t, base) / (base * base).sum(1)).clamp(*_SCENE_SCALE)  # (B, G, S)
+        d = (t[:, :, None, :] - a[..., None] * base[None, None]).norm(dim=-1).amin(1)  # (B, S)
         score = (1.0 - d / _SCENE_TAU).clamp_min(0.0)
         ones = torch.ones_like(obj)
         for s, name in enumerate(self.scene_names):

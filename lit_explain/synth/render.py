@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from .concepts import (CAP_FRACTION, CAP_WHITE, COLORS, RIM_SHADE, RIM_WIDTH, SCENES,
-                       TEXTURE_DARK, TEXTURE_PERIOD)
+                       TEXTURE_DEPTH, TEXTURE_PERIOD)
 
 __all__ = ["shape_extent", "BOUND_RADIUS", "rasterize", "render_image"]
 
@@ -94,37 +94,39 @@ def rasterize(objects: list[dict], size: int) -> dict[str, np.ndarray]:
     Returns:
         dict with ``objid`` (size, size) int16 (0 = background, k+1 = objects[k]), ``rim`` and ``cap``
         (size, size) bool (part pixels of objects that have the part; visible pixels only), and
-        ``sd`` (size, size) float32 signed distance inside the visible object (0 elsewhere).
+        ``windows``: per object, the pixel window (y0, y1, x0, x1) that can contain it.
     """
     c = _centres(size)
     objid = np.zeros((size, size), np.int16)
     rim = np.zeros((size, size), bool)
     cap = np.zeros((size, size), bool)
-    sd = np.zeros((size, size), np.float32)
+    windows = []
     for k, ob in enumerate(objects):
         cx, cy, r = float(ob["cx"]), float(ob["cy"]), float(ob["r"])
         left, top, right, bottom = shape_extent(ob["shape"], r)
         x0, x1 = _window(cx + left, cx + right, size)
         y0, y1 = _window(cy + top, cy + bottom, size)
+        windows.append((y0, y1, x0, x1))
         if x1 <= x0 or y1 <= y0:
             continue
-        dx = c[None, x0:x1] - cx
         dy = c[y0:y1, None] - cy
-        d = _sdf(ob["shape"], dx, dy, r)
+        d = _sdf(ob["shape"], c[None, x0:x1] - cx, dy, r)
         inside = d > 0
         objid[y0:y1, x0:x1][inside] = k + 1
-        sd[y0:y1, x0:x1][inside] = d[inside]
         rim_w, cap_w = rim[y0:y1, x0:x1], cap[y0:y1, x0:x1]  # views
-        rim_w[inside] = (d[inside] <= RIM_WIDTH) if ob.get("rim") else False
-        cap_w[inside] = (np.broadcast_to(dy, d.shape)[inside] < top + CAP_FRACTION * (bottom - top)) \
-            if ob.get("cap") else False
-    return {"objid": objid, "rim": rim, "cap": cap, "sd": sd}
+        rim_w[inside] = False  # a later object replaces the parts of what it covers
+        cap_w[inside] = False
+        if ob.get("rim"):
+            rim_w |= inside & (d <= RIM_WIDTH)
+        if ob.get("cap"):
+            cap_w |= inside & (dy < top + CAP_FRACTION * (bottom - top))
+    return {"objid": objid, "rim": rim, "cap": cap, "windows": windows}
 
 
 def _texture_mod(texture: str | None, x: np.ndarray, y: np.ndarray, phase: tuple[float, float]) -> np.ndarray:
-    """Multiplicative background pattern in {TEXTURE_DARK, 1} (or 1 when plain)."""
+    """Additive background pattern in {-TEXTURE_DEPTH, 0} (0 everywhere when plain)."""
     if texture is None:
-        return np.ones(np.broadcast_shapes(x.shape, y.shape), np.float32)
+        return np.zeros(np.broadcast_shapes(x.shape, y.shape), np.float32)
     p = TEXTURE_PERIOD
     u, v = x / p + phase[0], y / p + phase[1]
     if texture == "striped":
@@ -134,12 +136,32 @@ def _texture_mod(texture: str | None, x: np.ndarray, y: np.ndarray, phase: tuple
         dark = fu * fu + fv * fv < 0.22 ** 2
     elif texture == "chequered":
         dark = (np.floor(u) + np.floor(v)) % 2 == 0
-    elif texture == "zigzagged":
-        tri = np.abs(np.mod(u, 1.0) - 0.5)  # triangle wave in [0, 0.5]
-        dark = np.mod(v + tri, 1.0) < 0.5
+    elif texture == "grid":  # thin dark lines in both directions
+        dark = (np.mod(u, 1.0) < 0.25) | (np.mod(v, 1.0) < 0.25)
     else:
         raise ValueError(f"unknown texture {texture!r}")
-    return np.where(dark, np.float32(TEXTURE_DARK), np.float32(1.0))
+    return np.where(dark, np.float32(-TEXTURE_DEPTH), np.float32(0.0))
+
+
+def _texture_at(texture: str, size: int, phase: tuple[float, float]) -> np.ndarray:
+    """The texture pattern on a size x size image; a slice of a cached tile when the period is whole pixels."""
+    period_px = TEXTURE_PERIOD * size
+    if abs(period_px - round(period_px)) > 1e-9:
+        c = _centres(size)
+        return _texture_mod(texture, c[None, :], c[:, None], phase)
+    p = int(round(period_px))
+    tile = _texture_tile(texture, size, p)
+    oy, ox = int(phase[1] * p) % p, int(phase[0] * p) % p
+    return tile[oy:oy + size, ox:ox + size]
+
+
+@lru_cache(maxsize=32)
+def _texture_tile(texture: str, size: int, p: int) -> np.ndarray:
+    """Texture pattern with zero phase on (size + p)^2 pixels of an image of side ``size`` (period p px)."""
+    c = (np.arange(size + p, dtype=np.float32) + 0.5) / size
+    tile = _texture_mod(texture, c[None, :], c[:, None], (0.0, 0.0))
+    tile.setflags(write=False)
+    return tile
 
 
 def _scene_mod(scene: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -178,9 +200,11 @@ def render_image(scene: dict, size: int, rng: np.random.Generator, noise: float,
         (size, size, 3) uint8 image and the image-resolution :func:`rasterize` output.
     """
     c = _centres(size)
-    x, y = c[None, :], c[:, None]
-    mod = _scene_background(scene["scene"], size) * \
-        _texture_mod(scene["texture"], x, y, tuple(scene["texture_phase"]))[:, :, None]
+    mod = _scene_background(scene["scene"], size)
+    if scene["texture"] is not None:
+        mod = mod + _texture_at(scene["texture"], size, tuple(scene["texture_phase"]))[:, :, None]
+    else:
+        mod = mod.copy()
     img = mod.reshape(-1, 3)
     objs = scene["objects"]
     ras = rasterize(objs, size)

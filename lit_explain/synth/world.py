@@ -63,6 +63,8 @@ _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _RADIUS_RANGE = (0.14, 0.21)  # object size r, normalised units
 _P_RIM, _P_CAP, _P_MATERIAL, _P_TEXTURE = 0.5, 0.5, 0.75, 0.8
 _MAX_TRIES = 200
+_COLOR_NAMES = tuple(COLORS)
+_SCENE_NAMES = tuple(SCENES)
 
 
 class WorldMismatchError(FileExistsError):
@@ -126,13 +128,15 @@ class _SceneSampler:
     # -- attributes -------------------------------------------------------------------------------
     @staticmethod
     def _random_object(rng: np.random.Generator) -> dict:
+        u = rng.random(7)  # one draw for all attributes
+        lo, hi = BRIGHTNESS_RANGE
         return {
-            "shape": SHAPES[rng.integers(len(SHAPES))],
-            "color": list(COLORS)[rng.integers(len(COLORS))],
-            "material": MATERIALS[rng.integers(len(MATERIALS))] if rng.random() < _P_MATERIAL else None,
-            "rim": bool(rng.random() < _P_RIM),
-            "cap": bool(rng.random() < _P_CAP),
-            "brightness": float(rng.uniform(*BRIGHTNESS_RANGE)),
+            "shape": SHAPES[int(u[0] * len(SHAPES))],
+            "color": _COLOR_NAMES[int(u[1] * len(_COLOR_NAMES))],
+            "material": MATERIALS[int(u[3] * len(MATERIALS))] if u[2] < _P_MATERIAL else None,
+            "rim": bool(u[4] < _P_RIM),
+            "cap": bool(u[5] < _P_CAP),
+            "brightness": float(lo + (hi - lo) * u[6]),
         }
 
     def present(self, scene: dict) -> set[str]:
@@ -213,7 +217,7 @@ class _SceneSampler:
                 cy = float(rng.uniform(0.02 - top, 0.98 - bottom))
                 if all(math.hypot(cx - x, cy - y) > BOUND_RADIUS * (r + q) + 0.02 for x, y, q in placed):
                     break
-                r *= 0.97
+                r = max(r * 0.97, _RADIUS_RANGE[0] * 0.8)  # shrink a little when crowded, never to a speck
             else:
                 return False
             ob.update(cx=cx, cy=cy, r=r)
@@ -223,13 +227,14 @@ class _SceneSampler:
     def sample(self, k: int, rng: np.random.Generator) -> dict:
         """A scene whose attribute-level concepts satisfy rule ``k`` and no other rule."""
         for _ in range(_MAX_TRIES):
+            u = rng.random(7)  # one draw for the image-level choices
             scene = {
-                "scene": list(SCENES)[rng.integers(len(SCENES))],
-                "texture": TEXTURES[rng.integers(len(TEXTURES))] if rng.random() < _P_TEXTURE else None,
-                "texture_phase": [float(rng.random()), float(rng.random())],
-                "objects": [self._random_object(rng) for _ in range(int(rng.integers(1, 4)))],
+                "scene": _SCENE_NAMES[int(u[0] * len(_SCENE_NAMES))],
+                "texture": TEXTURES[int(u[2] * len(TEXTURES))] if u[1] < _P_TEXTURE else None,
+                "texture_phase": [float(u[3]), float(u[4])],
+                "objects": [self._random_object(rng) for _ in range(1 + int(u[5] * 3))],
             }
-            clause = self.dnf[k][rng.integers(len(self.dnf[k]))]
+            clause = self.dnf[k][int(u[6] * len(self.dnf[k]))]
             if not self._force(scene, clause, rng):
                 continue
             if self.true_rules(self.present(scene)) != [k] or not self._place(scene["objects"], rng):
@@ -244,6 +249,15 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+@lru_cache(maxsize=8)
+def _png_head(h: int, w: int) -> bytes:
+    """PNG signature and IHDR of an h x w 8-bit RGB image."""
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+
+
+_PNG_END = _png_chunk(b"IEND", b"")
+
+
 def _png_bytes(plane: np.ndarray) -> bytes:
     """Encode an int label plane as a Broden RGB PNG (R = id % 256, G = id // 256, B = 0).
 
@@ -255,11 +269,10 @@ def _png_bytes(plane: np.ndarray) -> bytes:
     px = raw[:, 1:].reshape(h, w, 3)
     px[..., 0] = plane & 0xFF
     px[..., 1] = (plane >> 8) & 0xFF
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _png_chunk(b"IEND", b""))
+    return _png_head(h, w) + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _PNG_END
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def _write_bytes(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)
@@ -273,11 +286,13 @@ def _jpeg_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
+def _bbox(objid: np.ndarray, k: int, window: tuple[int, int, int, int]) -> list[int]:
+    """[x, y, w, h] of the pixels of object ``k`` (searched inside its raster window y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = window
+    ys, xs = np.nonzero(objid[y0:y1, x0:x1] == k)
     if ys.size == 0:
         return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return [int(x0 + xs.min()), int(y0 + ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
 def _split_of(i: int, num_classes: int, val_fraction: float) -> str:
@@ -291,6 +306,67 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         w.writerows(rows)
 
 
+_INDEX_CATEGORIES = ("color", "object", "part", "material", "scene", "texture")  # index.csv column order
+
+
+class _LabelStats:
+    """Per category and label number: images where present and total mask pixels."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, dict[int, int]] = {c: {} for c in CATEGORIES}
+        self.pixels: dict[str, dict[int, int]] = {c: {} for c in CATEGORIES}
+        self.cat_images = dict.fromkeys(CATEGORIES, 0)
+
+    def add(self, cat: str, counts: dict[int, int]) -> None:
+        """Record one image's label -> pixel counts in category ``cat`` (labels with 0 pixels ignored)."""
+        counts = {k: v for k, v in counts.items() if v > 0}
+        if not counts:
+            return
+        self.cat_images[cat] += 1
+        for k, v in counts.items():
+            self.images[cat][k] = self.images[cat].get(k, 0) + 1
+            self.pixels[cat][k] = self.pixels[cat].get(k, 0) + int(v)
+
+
+def _write_label_planes(prefix: str, stem: str, objs: list[dict], ras: dict, num: dict[str, int],
+                        stats: _LabelStats) -> dict[str, str]:
+    """Write one image's pixel label PNGs (color, object, part_1[, part_2], material) and record statistics.
+
+    Returns:
+        index.csv cells of the pixel categories (``;``-joined paths under images/, empty when no label).
+    """
+    objid, rim, cap = ras["objid"], ras["rim"], ras["cap"]
+    area = np.bincount(objid.ravel(), minlength=len(objs) + 1)
+    lut = np.zeros((3, len(objs) + 1), np.int32)  # color, object, material label of each object id
+    counts: dict[str, dict[int, int]] = {"color": {}, "object": {}, "material": {}, "part": {}}
+    for j, ob in enumerate(objs):
+        for row, (cat, name) in enumerate((("color", ob["color"]), ("object", ob["shape"]),
+                                           ("material", ob["material"]))):
+            if name:
+                lut[row, j + 1] = num[name]
+                counts[cat][num[name]] = counts[cat].get(num[name], 0) + int(area[j + 1])
+    planes: dict[str, list[np.ndarray]] = {"color": [lut[0][objid]], "object": [lut[1][objid]], "part": [],
+                                           "material": [lut[2][objid]] if counts["material"] else []}
+    n_rim, n_cap = int(np.count_nonzero(rim)), int(np.count_nonzero(cap))
+    if n_rim or n_cap:  # plane 1: rim, else cap; plane 2: cap where it lies under a rim
+        part_lut = np.array([0, num["cap"], num["rim"], num["rim"]], np.int32)
+        planes["part"].append(part_lut[rim.view(np.uint8) * 2 + cap.view(np.uint8)])
+        both = rim & cap
+        if both.any():
+            planes["part"].append(np.where(both, np.int32(num["cap"]), np.int32(0)))
+        counts["part"] = {num["rim"]: n_rim, num["cap"]: n_cap}
+    cells = {}
+    for cat, ps in planes.items():
+        names = []
+        for q, plane in enumerate(ps):
+            fname = f"{stem}_{cat}_{q + 1}.png" if cat == "part" else f"{stem}_{cat}.png"
+            _write_bytes(prefix + fname, _png_bytes(plane))
+            names.append(f"{SUBSET}/{fname}")
+        cells[cat] = ";".join(names)
+        stats.add(cat, counts[cat])
+    return cells
+
+
 def _generate_into(out: Path, params: dict) -> None:
     """Render every image and write the complete world into the (new, empty) folder ``out``."""
     n, size, msize = params["num_images"], params["image_size"], params["mask_size"]
@@ -299,17 +375,14 @@ def _generate_into(out: Path, params: dict) -> None:
     sampler = _SceneSampler(classes)
     concepts = world_concepts()
     num = {c.name: c.number for c in concepts}
-    num_labels = len(concepts)
     num_classes = len(classes)
     class_names = list(classes)
     img_dir = out / "images" / SUBSET
     img_dir.mkdir(parents=True)
+    prefix = os.path.join(str(img_dir), "")  # plain strings: pathlib costs ~20 us per file here
     width = max(6, len(str(n - 1)))
 
-    # per-category per-label image counts and coverage (in whole images), for label.csv and c_*.csv
-    freq = {c: np.zeros(num_labels + 1, np.int64) for c in CATEGORIES}
-    cover = {c: np.zeros(num_labels + 1, np.float64) for c in CATEGORIES}
-    cat_images = dict.fromkeys(CATEGORIES, 0)
+    stats = _LabelStats()  # per category and label: images and pixels, for label.csv, c_*.csv, category.csv
     index_rows, class_rows = [], []
     inst_lines: list[str] = []
     mpix = float(msize * msize)
@@ -334,51 +407,15 @@ def _generate_into(out: Path, params: dict) -> None:
 
         stem = f"{i:0{width}d}"
         rel = f"{SUBSET}/{stem}.jpg"
-        _write_bytes(img_dir / f"{stem}.jpg", _jpeg_bytes(img))
-        objid = ras["objid"]
-        lut = {cat: np.zeros(len(objs) + 1, np.int32) for cat in ("color", "object", "material")}
-        for j, ob in enumerate(objs):
-            lut["color"][j + 1] = num[ob["color"]]
-            lut["object"][j + 1] = num[ob["shape"]]
-            lut["material"][j + 1] = num[ob["material"]] if ob["material"] else 0
-        rim, cap = ras["rim"], ras["cap"]
-        planes: dict[str, list[np.ndarray]] = {
-            "color": [lut["color"][objid]],
-            "object": [lut["object"][objid]],
-            "part": [np.where(rim, num["rim"], np.where(cap, num["cap"], 0)).astype(np.int32)],
-            "material": [lut["material"][objid]],
-        }
-        both = rim & cap
-        if both.any():
-            planes["part"].append(np.where(both, num["cap"], 0).astype(np.int32))
-        cells = {}
-        for cat, ps in planes.items():
-            ps = [p for p in ps if p.any()]
-            names = []
-            total = np.zeros(num_labels + 1, np.int64)
-            for q, p in enumerate(ps):
-                suffix = f"{cat}_{q + 1}" if cat == "part" else cat
-                fname = f"{stem}_{suffix}.png"
-                _write_bytes(img_dir / fname, _png_bytes(p))
-                names.append(f"{SUBSET}/{fname}")
-                total += np.bincount(p.ravel(), minlength=num_labels + 1)
-            if ps:
-                total[0] = 0
-                cover[cat] += total / mpix
-                freq[cat] += total > 0
-                cat_images[cat] += 1
-            cells[cat] = ";".join(names)
+        _write_bytes(f"{prefix}{stem}.jpg", _jpeg_bytes(img))
+        cells = _write_label_planes(prefix, stem, objs, ras, num, stats)
         for cat in IMAGE_LEVEL_CATEGORIES:
             val = scene[cat]
             cells[cat] = str(num[val]) if val else ""
             if val:
-                freq[cat][num[val]] += 1
-                cover[cat][num[val]] += 1.0
-                cat_images[cat] += 1
+                stats.add(cat, {num[val]: msize * msize})
         split = _split_of(i, num_classes, val_fraction)
-        index_rows.append([rel, split, size, size, msize, msize] + [cells[c] for c in
-                                                                      ("color", "object", "part", "material",
-                                                                       "scene", "texture")])
+        index_rows.append([rel, split, size, size, msize, msize] + [cells[c] for c in _INDEX_CATEGORIES])
         class_rows.append([rel, k, class_names[k]])
         instances = []
         for j, ob in enumerate(objs):
@@ -386,7 +423,7 @@ def _generate_into(out: Path, params: dict) -> None:
             instances.append({
                 "id": j + 1, "name": ob["shape"], "color": ob["color"], "material": ob["material"],
                 "parts": [p for p in PARTS if ob[p]], "attributes": attrs,
-                "bbox": _bbox(iras["objid"] == j + 1),
+                "bbox": _bbox(iras["objid"], j + 1, iras["windows"][j]),
                 "geometry": {"shape": ob["shape"], "cx": ob["cx"], "cy": ob["cy"], "r": ob["r"],
                              "rim": ob["rim"], "cap": ob["cap"]},
                 "brightness": ob["brightness"],
@@ -403,12 +440,12 @@ def _generate_into(out: Path, params: dict) -> None:
     label_rows, cat_rows = [], []
     for cat in CATEGORIES:
         members = [c for c in concepts if c.category == cat]
-        cat_rows.append([cat, members[0].number, members[-1].number, len(members), cat_images[cat]])
+        cat_rows.append([cat, members[0].number, members[-1].number, len(members), stats.cat_images[cat]])
         rows = []
         for code, c in enumerate(members, start=1):
-            rows.append([code, c.number, c.name, int(freq[cat][c.number]), f"{cover[cat][c.number]:.6f}"])
-            label_rows.append([c.number, c.name, f"{cat}({int(freq[cat][c.number])})", int(freq[cat][c.number]),
-                               f"{cover[cat][c.number]:.6f}", c.name])
+            freq, cover = stats.images[cat].get(c.number, 0), stats.pixels[cat].get(c.number, 0) / mpix
+            rows.append([code, c.number, c.name, freq, f"{cover:.6f}"])
+            label_rows.append([c.number, c.name, f"{cat}({freq})", freq, f"{cover:.6f}", c.name])
         _write_csv(out / f"c_{cat}.csv", ["code", "number", "name", "frequency", "coverage"], rows)
     _write_csv(out / "category.csv", ["name", "first", "last", "count", "frequency"], cat_rows)
     _write_csv(out / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"], label_rows)

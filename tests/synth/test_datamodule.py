@@ -54,14 +54,18 @@ def test_train_and_val_batches_carry_the_classes_csv_targets(dm):
     assert seen == {r["image"]: r["split"] for r in rows}  # every image once, in its own split
 
 
-def test_images_are_the_jpegs_normalised(dm):
-    loader = dm.val_dataloader()
-    batch = next(iter(loader))
-    i = int(batch["index"][0])
-    path = loader.dataset.dataset.image_path(i)
-    want = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
-    want = (want - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    assert torch.allclose(batch["image"][0], want, atol=1e-5)
+@pytest.mark.parametrize("cache_images", [True, False])
+def test_images_are_the_jpegs_normalised(dm, cache_images):
+    m = SyntheticWorldDataModule(root=dm.root, num_images=24, seed=5, batch_size=8, cache_images=cache_images)
+    loader = m.val_dataloader()
+    for _ in range(2):  # the second pass reads the cache when there is one
+        batch = next(iter(loader))
+        i = int(batch["index"][0])
+        path = loader.dataset.dataset.image_path(i)
+        want = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+        want = (want - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        assert torch.allclose(batch["image"][0], want, atol=1e-6)
+    assert bool(loader.dataset._cache) == cache_images
 
 
 def test_shuffle_is_seeded(dm, tmp_path):
