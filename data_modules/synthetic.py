@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_modules.broden import IMAGENET_MEAN, IMAGENET_STD, BrodenDataModule, BrodenDataset
 from lit_explain.synth.concepts import CATEGORIES
-from lit_explain.synth.world import generate_world, is_complete_world, load_classes, read_world
+from lit_explain.synth.world import (WorldMismatchError, generate_world, is_complete_world, load_classes,
+                                     read_world)
 
 __all__ = ["SyntheticWorldDataModule", "ClassifiedWorldDataset"]
 
@@ -77,6 +78,7 @@ class SyntheticWorldDataModule(BrodenDataModule):
         noise: standard deviation of the generator's pixel noise (intensities in [0, 1]).
         overwrite: regenerate when ``root`` holds a world made with other parameters (default: raise an error
             naming the differences).
+        generation_workers: processes used to generate the world (same files whatever the number).
         augment: random horizontal flips of training batches (every class rule is flip-invariant).
         cache_images: keep decoded train/val images in memory after the first epoch (about 12 KB per 64 px
             image per loader worker).
@@ -102,6 +104,7 @@ class SyntheticWorldDataModule(BrodenDataModule):
         val_fraction: float = 0.2,
         noise: float = 0.015,
         overwrite: bool = False,
+        generation_workers: int = 1,
         augment: bool = True,
         cache_images: bool = True,
         categories: Sequence[str] | None = CATEGORIES,
@@ -121,6 +124,7 @@ class SyntheticWorldDataModule(BrodenDataModule):
         self.num_images, self.world_image_size, self.mask_size = int(num_images), int(image_size), int(mask_size)
         self.seed, self.val_fraction, self.noise = int(seed), float(val_fraction), float(noise)
         self.overwrite, self.augment, self.cache_images = bool(overwrite), bool(augment), bool(cache_images)
+        self.generation_workers = int(generation_workers)
         self._classified_sets: dict[str, ClassifiedWorldDataset] = {}
         self._classes: dict[str, int] | None = None
         self._epoch_generator = torch.Generator()
@@ -132,8 +136,19 @@ class SyntheticWorldDataModule(BrodenDataModule):
                     seed=self.seed, val_fraction=self.val_fraction, noise=self.noise)
 
     def prepare_data(self) -> None:
-        """Generate the world at ``root`` unless it is already complete with these parameters."""
-        generate_world(self.root, overwrite=self.overwrite, **self._generate_kwargs())
+        """Generate the world at ``root`` unless it is already complete with these parameters.
+
+        Raises:
+            WorldMismatchError: ``root`` holds a world made with other parameters (and ``overwrite`` is False).
+        """
+        try:
+            generate_world(self.root, overwrite=self.overwrite, workers=self.generation_workers,
+                           **self._generate_kwargs())
+        except WorldMismatchError as e:
+            raise WorldMismatchError(
+                f"{e}. Every config that reads {self.root} must give the world parameters (num_images, image_size, "
+                "mask_size, seed, val_fraction, noise) of the run that generated it, e.g. "
+                "configs/synthetic_classifier.yaml") from None
 
     def setup(self, stage: str | None = None) -> None:
         """Build the Broden view of the world (generating it first if a caller skipped ``prepare_data``)."""

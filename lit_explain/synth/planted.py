@@ -6,8 +6,9 @@ a graded unit ``"1*red + 2*blue"`` puts red and blue in different activation ran
 Compositional Explanations recover). No training is involved; the detectors are computed from pixel values
 using the world's pixel signatures (:mod:`lit_explain.synth.concepts`):
 
-* colour ``c`` (pixel): the pixel is an object pixel (chroma = max - min >= ~0.22, backgrounds are below
-  0.19) and its HSV hue is within ~12 degrees of the palette hue of ``c`` (parts keep the hue);
+* colour ``c`` (pixel): the pixel is an object pixel (chroma = max - min above ~0.22; backgrounds have at
+  most 0.15, objects at least 0.25) and its hue is within ~12 degrees of the palette hue of ``c`` (parts
+  and materials keep the hue);
 * ``rim`` (pixel): object pixel with brightness (max channel) below ~0.65 (rims are 0.5x, bodies >= 0.79);
 * ``cap`` (pixel): object pixel with saturation (chroma / max) below ~0.77 (caps are 0.65, bodies ~1);
 * scene ``s`` (image-level): the mean colour of the image's background pixels is close to

@@ -317,6 +317,14 @@ class _LabelStats:
         self.pixels: dict[str, dict[int, int]] = {c: {} for c in CATEGORIES}
         self.cat_images = dict.fromkeys(CATEGORIES, 0)
 
+    def merge(self, other: "_LabelStats") -> None:
+        """Add another range's statistics (integer sums: the merge order does not matter)."""
+        for cat in CATEGORIES:
+            self.cat_images[cat] += other.cat_images[cat]
+            for mine, theirs in ((self.images[cat], other.images[cat]), (self.pixels[cat], other.pixels[cat])):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+
     def add(self, cat: str, counts: dict[int, int]) -> None:
         """Record one image's label -> pixel counts in category ``cat`` (labels with 0 pixels ignored)."""
         counts = {k: v for k, v in counts.items() if v > 0}
@@ -367,29 +375,29 @@ def _write_label_planes(prefix: str, stem: str, objs: list[dict], ras: dict, num
     return cells
 
 
-def _generate_into(out: Path, params: dict) -> None:
-    """Render every image and write the complete world into the (new, empty) folder ``out``."""
+def _render_range(out: str, params: dict, start: int, stop: int) -> tuple[list, list, list, _LabelStats]:
+    """Render images ``start .. stop-1`` into ``out`` and return their rows and statistics.
+
+    Writes each image's JPEG and label PNGs; returns (index rows, class rows, instance lines, label statistics).
+    Image i depends only on (params, i), so ranges may run in any process and the merged result is identical
+    to one serial pass.
+    """
     n, size, msize = params["num_images"], params["image_size"], params["mask_size"]
     seed, val_fraction, noise = params["seed"], params["val_fraction"], params["noise"]
     classes = params["classes"]
     sampler = _SceneSampler(classes)
-    concepts = world_concepts()
-    num = {c.name: c.number for c in concepts}
+    num = {c.name: c.number for c in world_concepts()}
     num_classes = len(classes)
     class_names = list(classes)
-    img_dir = out / "images" / SUBSET
-    img_dir.mkdir(parents=True)
-    prefix = os.path.join(str(img_dir), "")  # plain strings: pathlib costs ~20 us per file here
+    prefix = os.path.join(out, "images", SUBSET, "")  # plain strings: pathlib costs ~20 us per file here
     width = max(6, len(str(n - 1)))
-
     stats = _LabelStats()  # per category and label: images and pixels, for label.csv, c_*.csv, category.csv
     index_rows, class_rows = [], []
     inst_lines: list[str] = []
-    mpix = float(msize * msize)
     # pixel noise: windows of one seeded bank of normals (drawing fresh normals per image costs 4x more)
     noise_bank = np.random.default_rng([seed, 0x5EED, 1]).standard_normal(1 << 20, dtype=np.float32)
 
-    for i in range(n):
+    for i in range(start, stop):
         rng = np.random.default_rng([seed, i])
         k = i % num_classes
         for _ in range(_MAX_TRIES):
@@ -432,6 +440,37 @@ def _generate_into(out: Path, params: dict) -> None:
                                       "scene": scene["scene"], "texture": scene["texture"],
                                       "instances": instances}, sort_keys=True))
 
+    return index_rows, class_rows, inst_lines, stats
+
+
+def _render_range_job(args: tuple) -> tuple[list, list, list, _LabelStats]:
+    return _render_range(*args)
+
+
+def _generate_into(out: Path, params: dict, workers: int = 1) -> None:
+    """Render every image and write the complete world into the (new, empty) folder ``out``."""
+    n, msize = params["num_images"], params["mask_size"]
+    concepts = world_concepts()
+    class_names = list(params["classes"])
+    (out / "images" / SUBSET).mkdir(parents=True)
+    mpix = float(msize * msize)
+    workers = max(1, min(int(workers), n // 64 or 1))
+    if workers == 1:
+        parts = [_render_range(str(out), params, 0, n)]
+    else:
+        import multiprocessing as mp
+
+        bounds = np.linspace(0, n, 4 * workers + 1).astype(int)
+        jobs = [(str(out), params, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_render_range_job, jobs)
+    index_rows = [r for p in parts for r in p[0]]
+    class_rows = [r for p in parts for r in p[1]]
+    inst_lines = [r for p in parts for r in p[2]]
+    stats = _LabelStats()
+    for p in parts:
+        stats.merge(p[3])
+
     _write_csv(out / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", "color", "object", "part",
                                    "material", "scene", "texture"], index_rows)
     _write_csv(out / "classes.csv", ["image", "class", "class_name"], class_rows)
@@ -459,7 +498,7 @@ def _generate_into(out: Path, params: dict) -> None:
         "image_level_categories": list(IMAGE_LEVEL_CATEGORIES),
         "concepts": [c.to_dict() for c in concepts],
         "class_names": class_names,
-        "classes": [{"id": j, "name": name, "rule": rule} for j, (name, rule) in enumerate(classes.items())],
+        "classes": [{"id": j, "name": name, "rule": rule} for j, (name, rule) in enumerate(params["classes"].items())],
         "counts": {"images": n, "train": n - n_val, "val": n_val},
         "files": {"broden": ["index.csv", "category.csv", "label.csv"] + [f"c_{c}.csv" for c in CATEGORIES],
                   "classes": "classes.csv", "instances": "instances.jsonl"},
@@ -490,7 +529,7 @@ def is_complete_world(root: str | os.PathLike, params: dict | None = None) -> bo
 
 def generate_world(root: str | os.PathLike, num_images: int = 2000, image_size: int = 64, mask_size: int = 32,
                    seed: int = 0, val_fraction: float = 0.2, noise: float = 0.015,
-                   classes: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
+                   classes: Mapping[str, str] | None = None, overwrite: bool = False, workers: int = 1) -> Path:
     """Generate (or reuse) a synthetic world in Broden format at ``root``.
 
     Args:
@@ -504,6 +543,8 @@ def generate_world(root: str | os.PathLike, num_images: int = 2000, image_size: 
         classes: class name -> rule over concept names (grammar of :mod:`lit_explain.synth.formula`);
             default :data:`lit_explain.synth.concepts.DEFAULT_CLASSES`.
         overwrite: replace an existing different world (or other content) at ``root`` instead of raising.
+        workers: processes rendering disjoint ranges of images (the files are byte-identical to ``workers=1``;
+            not part of the world's parameters).
 
     Returns:
         The world's root folder.
@@ -525,7 +566,7 @@ def generate_world(root: str | os.PathLike, num_images: int = 2000, image_size: 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        _generate_into(tmp, params)
+        _generate_into(tmp, params, workers=workers)
         _swap_in(tmp, root, params, overwrite)
     finally:
         if tmp.exists():

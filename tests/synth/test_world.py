@@ -85,6 +85,13 @@ def test_generation_is_deterministic_and_image_i_does_not_depend_on_n(tmp_path):
     assert d["images/synth/000000.jpg"] != a["images/synth/000000.jpg"]
 
 
+def test_parallel_generation_writes_the_same_bytes(tmp_path):
+    serial = _tree_bytes(generate_world(tmp_path / "serial", num_images=140, seed=2))
+    parallel = _tree_bytes(generate_world(tmp_path / "parallel", num_images=140, seed=2, workers=2))
+    assert serial.keys() == parallel.keys()
+    assert [k for k in serial if serial[k] != parallel[k]] == []
+
+
 def test_broden_files_exact_format(world):
     header, rows = _csv(world / "index.csv")
     assert header == ["image", "split", "ih", "iw", "sh", "sw", "color", "object", "part", "material", "scene",
