@@ -567,6 +567,9 @@ def generate_world(root: str | os.PathLike, num_images: int = 2000, image_size: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         _generate_into(tmp, params, workers=workers)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the world gets the usual folder permissions
         _swap_in(tmp, root, params, overwrite)
     finally:
         if tmp.exists():

@@ -224,6 +224,9 @@ def test_reuse_mismatch_and_overwrite(tmp_path):
         generate_world(other, num_images=8)
     assert (other / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "w"]  # no temporary folders left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (root.stat().st_mode & 0o777) == 0o777 & ~umask  # not mkdtemp's private 0700
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
