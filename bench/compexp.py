@@ -90,21 +90,33 @@ def make_planes(n: int, size: int, seed: int, start: int = 0) -> tuple[torch.Ten
 
 
 def make_index(n: int, size: int, seed: int, chunk: int = 1000) -> tuple[ConceptIndex, torch.Tensor]:
-    """The concept index and, for building unit bitmaps, the label planes (n, 3, H) int16."""
-    offs, cons, levels, all_planes = [], [], [], []
+    """The concept index and, for building unit bitmaps, the label planes (n, 3, H) int16.
+
+    Two passes over the (deterministic) chunks: count the entries, then fill preallocated arrays, so the peak
+    memory is the index itself plus one chunk.
+    """
     h = size * size
+    planes_all = torch.empty(n, 3, h, dtype=torch.int16)
+    levels = torch.empty(n, NUM_CONCEPTS, dtype=torch.bool)
+    total = 0
     for s in range(0, n, chunk):
         m = min(chunk, n - s)
         planes, image_level = make_planes(m, size, seed, s)
-        all_planes.append(planes)
-        flat = planes.permute(0, 2, 1).reshape(-1)  # pixel-major: entries sorted by offset
-        pos = torch.arange(m * h).repeat_interleave(3)
-        keep = flat >= 0
-        offs.append(pos[keep] + s * h)
-        cons.append(flat[keep].to(torch.int64))
-        levels.append(image_level)
-    index = ConceptIndex(torch.cat(offs), torch.cat(cons), torch.cat(levels), (size, size))
-    return index, torch.cat(all_planes)
+        planes_all[s : s + m] = planes
+        levels[s : s + m] = image_level
+        total += int((planes >= 0).sum())
+    offs = torch.empty(total, dtype=torch.int64)
+    cons = torch.empty(total, dtype=torch.int64)
+    pos = 0
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        flat = planes_all[s : s + m].permute(0, 2, 1).reshape(-1)  # pixel-major: entries sorted by offset
+        keep = torch.nonzero(flat >= 0).flatten()
+        k = len(keep)
+        offs[pos : pos + k] = keep // 3 + s * h
+        cons[pos : pos + k] = flat[keep].to(torch.int64)
+        pos += k
+    return ConceptIndex(offs, cons, levels, (size, size)), planes_all
 
 
 def dense_concept(planes: torch.Tensor, image_level: torch.Tensor, c: int) -> torch.Tensor:
@@ -234,6 +246,10 @@ def main(argv=None) -> None:
                 row = dict(images=n, unit=label, scorer=sc, seconds=dt, cpu_seconds=dc, visited=res.visited, iou=res.iou,
                            formula=res.to_str(names), peak_extra_mib=extra / 2**20, active=int(a.sum()))
                 (rows if n == args.images else doubling).append(row)
+                out_dir = Path(args.out)
+                out_dir.mkdir(parents=True, exist_ok=True)  # partial results survive a crash of a later run
+                (out_dir / "compexp.partial.json").write_text(json.dumps({"info": info, "rows": rows,
+                                                                        "doubling": doubling}, indent=1, default=str))
                 print(f"  {label:45s} {sc:6s} {dt:8.2f} s (cpu {dc:8.2f} s)  visited {res.visited:6d}  iou {res.iou:.4f}  "
                       f"{res.to_str(names)}  (+{extra / 2**20:.0f} MiB)", flush=True)
             ref = results[todo[0]]
@@ -241,7 +257,7 @@ def main(argv=None) -> None:
                 assert r.iou == ref.iou, (sc, r.iou, ref.iou)
                 if sc in ("exact", "none", "mmesh", "cfh"):
                     assert r.formula.key == ref.formula.key, (sc, r.to_str(names), ref.to_str(names))
-        del ctx, index, bitmaps
+        del ctx, index, bitmaps, a, results, res
     table = render(rows, doubling, info, scorers)
     print(table)
     out = Path(args.out)
