@@ -34,6 +34,9 @@ from lit_explain.viz.unit_cards import unit_card
 
 __all__ = ["ExplanationWriter"]
 
+#: Null-baseline IoU columns a method may add to its rows, and their names in the printed summary.
+NULL_COLUMNS = {"null_shuffled_iou": "shuffled labels", "null_random_iou": "random model"}
+
 log = logging.getLogger(__name__)
 
 
@@ -75,17 +78,26 @@ class ExplanationWriter(Callback):
 
     @staticmethod
     def summarize(rows: list[dict[str, Any]], out: Path, threshold: float, top: int = 12) -> str:
-        """A short text summary: how many explanations beat the IoU threshold, per category, and the best ones."""
+        """A short text summary: how many explanations beat the IoU threshold, per category, how they compare with
+        the null baselines (when the method reported any), and the best ones."""
         good = [r for r in rows if float(r["iou"]) > threshold]
         cats: dict[str, int] = {}
         for r in good:
             cats[r["category"]] = cats.get(r["category"], 0) + 1
         lines = [f"\n{len(good)} of {len(rows)} explanations have IoU > {threshold:g}"
                  + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(cats.items(), key=lambda kv: -kv[1]))})" if cats else "")]
-        lines.append(f"{'unit':>6} {'range':>5}  {'label':<32} {'category':<10} {'IoU':>6}")
+        nulls = [(c, name) for c, name in NULL_COLUMNS.items() if rows and all(c in r for r in rows)]
+        if nulls:
+            mean = sum(float(r["iou"]) for r in rows) / len(rows)
+            means = ", ".join(f"{name} {sum(float(r[c]) for r in rows) / len(rows):.3f}" for c, name in nulls)
+            beat = sum(all(float(r["iou"]) > float(r[c]) for c, _ in nulls) for r in rows)
+            lines.append(f"mean IoU {mean:.3f}; null baselines (mean IoU): {means}; "
+                         f"{beat} of {len(rows)} beat every baseline")
+        header = f"{'unit':>6} {'range':>5}  {'label':<32} {'category':<10} {'IoU':>6}"
+        lines.append(header + "".join(f" {name.split()[0] + ' IoU':>15}" for _, name in nulls))
         for r in sorted(rows, key=lambda r: -float(r["iou"]))[:top]:
             lines.append(f"{r['unit']:>6} {r.get('cluster', 0):>5}  {str(r['label'])[:32]:<32} {r['category']:<10} "
-                         f"{float(r['iou']):6.3f}")
+                         f"{float(r['iou']):6.3f}" + "".join(f" {float(r[c]):15.3f}" for c, _ in nulls))
         lines.append(f"results: {out}/explanations.csv, report: {out}/report.html")
         return "\n".join(lines)
 

@@ -14,9 +14,12 @@ For each selected unit u of the layer (dissection.md §2.5, §3):
    (:func:`lit_explain.concepts.search.beam_search`, exact vectorised scoring by default).
 3. **Columns.** Beside the unified leading columns: the CCE metrics of the explanation
    (:mod:`lit_explain.metrics.functional.explanation_metrics`), the best single concept (NetDissect's answer),
-   visited states, optional detection-accuracy-optimal formula (detacc-compexp), and null baselines: the IoU of
-   the same search with the concept annotations shuffled across images (``null_shuffled_iou``: what chance
-   alignment achieves with these masks and this bitmap), so an IoU of 0.04 can be judged.
+   visited states, optional detection-accuracy-optimal formula (detacc-compexp), and null baselines, so an IoU
+   of 0.04 can be judged: the IoU of the same search with the concept annotations shuffled across images
+   (``null_shuffled_iou``: what chance alignment achieves with these masks and this bitmap), and the IoU of the
+   same unit and range index of a randomly initialised copy of the model (``null_random_iou``: what the
+   architecture and the concept masks give without training; its activations are cached like the model's and
+   clustered the same way).
 4. **Model-based metrics (options).** ``concept_masking``: CCE's label-masking score of each explanation (the
    cosine between the unit's in-range activations before and after attenuating everything but the explanation in
    the input; one forward pass per (explanation, image containing it), in batches). ``range_importance``: the
@@ -64,7 +67,7 @@ __all__ = ["CompositionalExplanations", "NULL_BASELINES"]
 log = logging.getLogger(__name__)
 
 #: Null baselines that can be reported beside each IoU.
-NULL_BASELINES = ("shuffled_labels",)
+NULL_BASELINES = ("shuffled_labels", "random_model")
 
 
 class CompositionalExplanations(DissectionMethod):
@@ -84,7 +87,11 @@ class CompositionalExplanations(DissectionMethod):
         drop_zeros: drop exact zeros before clustering: ``auto`` (when the unit has no negative value, CCE),
             ``true`` or ``false``.
         null_baselines: baselines reported beside each IoU: ``shuffled_labels`` (the same search with the images'
-            annotations permuted, seeded by ``seed``). Empty to skip.
+            annotations permuted, seeded by ``seed``: columns ``null_shuffled_iou``, ``null_shuffled_label``) and
+            ``random_model`` (the same search for the same unit and range index of the model's architecture at
+            random initialisation, weights drawn from ``seed`` (:func:`~lit_explain.models.random_copy.random_init_copy`);
+            costs a second forward pass per image: columns ``null_random_iou``, ``null_random_label``). Empty to
+            skip.
         detacc_length: also report the detection-accuracy-optimal formula (detacc-compexp: keep extending past
             ``length`` while its DetAcc grows).
         max_detacc_length: longest formula tried by ``detacc_length``.
@@ -136,6 +143,9 @@ class CompositionalExplanations(DissectionMethod):
         if unknown:
             raise ValueError(f"unknown null baselines {unknown}; available: {list(NULL_BASELINES)}")
         self.ranges: list[list[tuple[float, float]]] = []
+
+    def needs_random_copy(self) -> bool:
+        return "random_model" in self.hparams.null_baselines
 
     # ------------------------------------------------------------------ activation ranges
     def unit_ranges(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
@@ -195,6 +205,8 @@ class CompositionalExplanations(DissectionMethod):
             "seed": hp.seed, "quantile": hp.quantile,
             "iou_threshold": hp.iou_threshold,
         }
+        if self.random_entry is not None:
+            spec["random_activations"] = self.random_store_key
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
         return f"u{int(unit):05d}_r{int(k)}_{digest}", spec
 
@@ -216,6 +228,10 @@ class CompositionalExplanations(DissectionMethod):
         hp = self.hparams
         t0 = time.perf_counter()
         self.ranges = self.unit_ranges(entry, local_indices, units, thresholds)
+        random_ranges: list[list[tuple[float, float]]] = []
+        if self.random_entry is not None:  # the null model's units get their own thresholds and clusters
+            random_ranges = self.unit_ranges(self.random_entry, local_indices, units,
+                                             self.unit_thresholds(units, self.random_entry))
         ctx = SearchContext(self.concept_index)
         jobs = []
         for j, u in enumerate(units.tolist()):
@@ -237,6 +253,9 @@ class CompositionalExplanations(DissectionMethod):
             if row is None:
                 t = time.perf_counter()
                 row = self._explain_job(ctx, entry, u, k, lo, hi, float(thresholds[j]), perm)
+                if self.random_entry is not None:
+                    rng = random_ranges[j][k] if k < len(random_ranges[j]) else None
+                    row.update(self._random_baseline(ctx, u, rng))
                 row["seconds"] = round(time.perf_counter() - t, 4)
                 atomic_write_json(path, {"spec": spec, "row": row})
             else:
@@ -306,6 +325,18 @@ class CompositionalExplanations(DissectionMethod):
             row["detacc_iou"] = float(dres.iou)
             row["detacc"] = float(det)
         return row
+
+    def _random_baseline(self, ctx: SearchContext, unit: int, rng: tuple[float, float] | None) -> dict[str, Any]:
+        """The ``random_model`` columns: the search on range ``rng`` of ``unit`` of the random copy (None: that
+        unit has fewer ranges, e.g. it never fires)."""
+        if rng is None:
+            return {"null_random_iou": 0.0, "null_random_label": ""}
+        hp = self.hparams
+        bitmap = self.range_bitmap(self.random_entry, unit, *rng)
+        res = beam_search(ctx, UnitTally.build(ctx, bitmap), length=hp.length, beam_size=hp.beam_size,
+                          first_beam_size=hp.first_beam_size, scorer=hp.scorer, candidate_limit=hp.candidate_limit,
+                          complexity_penalty=hp.complexity_penalty)
+        return {"null_random_iou": float(res.iou), "null_random_label": res.to_str(self.vocabulary)}
 
     def _metrics(self, ctx: SearchContext, tally: UnitTally, f: Formula | None) -> dict[str, float]:
         n = ctx.num_images

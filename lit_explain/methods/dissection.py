@@ -78,8 +78,10 @@ class DissectionMethod(LightningModule):
         self.net: torch.nn.Module | None = None
         self.results: list[dict[str, Any]] = []
         self.result_meta: dict[str, Any] = {}
-        self._writer: ActivationWriter | None = None
+        self._writers: dict[str, ActivationWriter] = {}
         self.entry: ActivationEntry | None = None
+        self.random_net: torch.nn.Module | None = None
+        self.random_entry: ActivationEntry | None = None
         self._seen: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ distributed helpers
@@ -118,7 +120,7 @@ class DissectionMethod(LightningModule):
         return [ExplanationWriter()]
 
     def setup(self, stage: str) -> None:
-        from lit_explain.models.loading import load_model, model_fingerprint
+        from lit_explain.models.loading import load_model
         from lit_explain.models.probe import LayerProbe
 
         hp = self.hparams
@@ -130,6 +132,11 @@ class DissectionMethod(LightningModule):
             net.eval().requires_grad_(False)
             self.net = net
             self.probe = LayerProbe(self.net, [hp.layer])
+        if self.needs_random_copy() and self.random_net is None:
+            from lit_explain.models.random_copy import random_init_copy
+
+            self.random_net = random_init_copy(self.net, hp.model, seed=hp.seed, **(hp.model_kwargs or {}))
+            self.random_probe = LayerProbe(self.random_net, [hp.layer])
         dm.setup("predict")
         self.vocabulary: ConceptVocabulary = dm.vocabulary
         # one rank builds the concept index (cached atomically), the others then load it
@@ -140,62 +147,90 @@ class DissectionMethod(LightningModule):
             self.concept_index = dm.concept_index()
         dataset = dm.dataset
         self.store = ActivationStore(f"{hp.cache_dir}/activations")
-        self.key_parts = {
-            "model": hp.model,
-            "model_fingerprint": model_fingerprint(self.net),
-            "layer": hp.layer,
+        self.key_parts, self.store_key, self.entry = self._cache_lookup(self.net, hp.model, dataset)
+        if self.random_net is not None:
+            self.random_key_parts, self.random_store_key, self.random_entry = self._cache_lookup(
+                self.random_net, f"{hp.model} (random init, seed {hp.seed})", dataset)
+        self.num_images = len(dataset)
+
+    def _cache_lookup(self, net: torch.nn.Module, name: str, dataset: Any) -> tuple[dict[str, Any], str, Any]:
+        """(key parts, content key, committed entry or None) of ``net``'s layer activations over ``dataset``."""
+        from lit_explain.models.loading import model_fingerprint
+
+        parts = {
+            "model": name,
+            "model_fingerprint": model_fingerprint(net),
+            "layer": self.hparams.layer,
             "dataset": dataset.fingerprint(),
             "transform": repr(getattr(dataset, "transform", None)),
-            "dtype": hp.activation_dtype,
+            "dtype": self.hparams.activation_dtype,
         }
-        self.store_key = cache_key(**self.key_parts)
-        self.entry = self.store.get(self.store_key)
-        self.num_images = len(dataset)
+        key = cache_key(**parts)
+        return parts, key, self.store.get(key)
+
+    def needs_random_copy(self) -> bool:
+        """Whether the method also captures a randomly initialised copy of the model (a null baseline); its
+        activations go to ``self.random_entry``, cached like the model's."""
+        return False
+
+    def _captures(self) -> list[tuple[str, Any, str, dict[str, Any]]]:
+        """(attribute prefix, probe, store key, key parts) of every network whose activations this run captures."""
+        out = [("", self.probe, self.store_key, self.key_parts)]
+        if self.random_net is not None:
+            out.append(("random_", self.random_probe, self.random_store_key, self.random_key_parts))
+        return out
 
     def on_predict_start(self) -> None:
         self._seen = []
-        if self.entry is not None:
-            log.info("activations found in cache %s", self.entry.path)
-            return
-        shape = self._layer_shape()
-        if self.trainer.is_global_zero:
-            self._writer = self.store.writer(self.store_key, shape, self.hparams.activation_dtype, create=True,
-                                             meta=self.key_parts)
-        self._barrier("store_create")
-        if not self.trainer.is_global_zero:
-            self._writer = self.store.writer(self.store_key, shape, self.hparams.activation_dtype, create=False,
-                                             meta=self.key_parts)
+        self._writers = {}
+        for prefix, probe, key, meta in self._captures():
+            if getattr(self, f"{prefix}entry") is not None:
+                log.info("activations found in cache %s", getattr(self, f"{prefix}entry").path)
+                continue
+            shape = self._layer_shape(probe)
+            if self.trainer.is_global_zero:
+                self._writers[prefix] = self.store.writer(key, shape, self.hparams.activation_dtype, create=True,
+                                                          meta=meta)
+            self._barrier(f"store_create_{prefix}")
+            if not self.trainer.is_global_zero:
+                self._writers[prefix] = self.store.writer(key, shape, self.hparams.activation_dtype, create=False,
+                                                          meta=meta)
 
-    def _layer_shape(self) -> tuple[int, int, int, int]:
+    def _layer_shape(self, probe: Any = None) -> tuple[int, int, int, int]:
         """(N, U, h, w) from one dummy forward on the first image of the dataset."""
         dataset = self.trainer.datamodule.dataset
         x = dataset[0]["image"][None].to(self.device)
         with torch.no_grad():
-            a = self.probe(x)[self.hparams.layer]
+            a = (probe or self.probe)(x)[self.hparams.layer]
         return (self.num_images, *a.shape[1:])
 
     # ------------------------------------------------------------------ the loop
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         idx = batch["index"].detach().cpu().to(torch.int64)
         self._seen.append(idx)
-        if self._writer is not None and not bool(self._writer.done[idx.numpy()].all()):
-            with torch.no_grad():
-                acts = self.probe(batch["image"])[self.hparams.layer]
-            self._writer.write(idx, acts)
+        for prefix, probe, _, _ in self._captures():
+            writer = self._writers.get(prefix)
+            if writer is not None and not bool(writer.done[idx.numpy()].all()):
+                with torch.no_grad():
+                    acts = probe(batch["image"])[self.hparams.layer]
+                writer.write(idx, acts)
         return None
 
     def on_predict_epoch_end(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()
-            self._barrier("store_flush")
+        for prefix, _, key, _ in self._captures():
+            writer = self._writers.pop(prefix, None)
+            if writer is None:
+                continue
+            writer.flush()
+            writer.close()
+            self._barrier(f"store_flush_{prefix}")
             if self.trainer.is_global_zero:
-                self._writer.commit()
-            self._barrier("store_commit")
-            self._writer = None
-            self.entry = self.store.get(self.store_key)
-            if self.entry is None:
-                raise RuntimeError(f"activation cache {self.store.root / self.store_key} was not committed")
+                writer.commit()
+            self._barrier(f"store_commit_{prefix}")
+            entry = self.store.get(key)
+            if entry is None:
+                raise RuntimeError(f"activation cache {self.store.root / key} was not committed")
+            setattr(self, f"{prefix}entry", entry)
         local = torch.cat(self._seen) if self._seen else torch.zeros(0, dtype=torch.int64)
         self.local_indices = torch.sort(local).values
         self.selected_units = self._select_units(self.entry.shape[1])
@@ -211,6 +246,8 @@ class DissectionMethod(LightningModule):
             "num_images": self.num_images,
             "world_size": self.world,
         }
+        if self.random_entry is not None:
+            self.result_meta["random_activation_cache"] = str(self.random_entry.path)
 
     # ------------------------------------------------------------------ shared pieces for subclasses
     def _select_units(self, num_units: int) -> torch.Tensor:
@@ -226,14 +263,15 @@ class DissectionMethod(LightningModule):
             return torch.sort(torch.randperm(num_units, generator=g)[: hp.random_units]).values
         return torch.arange(num_units)
 
-    def unit_thresholds(self, units: torch.Tensor) -> torch.Tensor:
-        """Exact per-unit upper-tail quantile thresholds (U_sel,) float64; units sharded across ranks."""
+    def unit_thresholds(self, units: torch.Tensor, entry: ActivationEntry | None = None) -> torch.Tensor:
+        """Exact per-unit upper-tail quantile thresholds (U_sel,) float64 of ``entry`` (default: the model's
+        activations); units sharded across ranks."""
         q = 1.0 - self.hparams.quantile
         positions = torch.arange(len(units))
         mine = torch.tensor(self.shard(positions.tolist()), dtype=torch.int64)
         out = torch.zeros(len(units), dtype=torch.float64)
         if len(mine):
-            out[mine] = store_unit_quantiles(self.entry.acts, q, units[mine])
+            out[mine] = store_unit_quantiles((entry or self.entry).acts, q, units[mine])
         return self._sum_across_ranks(out)
 
     def image_chunks(self, indices: torch.Tensor, units: int) -> list[torch.Tensor]:

@@ -59,13 +59,13 @@ def _rows(out: Path) -> list[dict]:
     return rows
 
 
-def _dense(root: Path):
+def _dense(root: Path, model: torch.nn.Module | None = None):
     """Activations straight from the model, dense concept masks straight from the annotations."""
     dm = BrodenDataModule(root=str(root / "broden"))
     dm.setup("predict")
     ds = dm.dataset
     vocab = ds.vocabulary
-    model = tiny_cnn().eval()
+    model = (model or tiny_cnn()).eval()
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])
     with torch.no_grad():
         acts = model.features(model.relu1(model.conv1(images))).half()  # the cache stores float16
@@ -167,10 +167,35 @@ def test_resume_reuses_finished_jobs_and_gives_the_same_table(miniature, monkeyp
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_two_processes_give_the_same_table(miniature):
-    kw = dict(num_clusters=3, length=2, quantile=0.2)
+    kw = dict(num_clusters=3, length=2, quantile=0.2, null_baselines=["shuffled_labels", "random_model"])
     one = (_run(miniature, out="one", **kw) / "explanations.csv").read_bytes()
     two = (_run(miniature, out="two", devices=2, **kw) / "explanations.csv").read_bytes()
     assert one == two
+
+
+def test_random_model_baseline_equals_a_dense_search_on_the_random_copy(miniature):
+    from lit_explain.models.random_copy import random_init_copy
+
+    rows = _rows(_run(miniature, num_clusters=2, length=2, quantile=0.2, null_baselines=["random_model"], seed=5))
+    random_net = random_init_copy(tiny_cnn(), MODEL, seed=5)
+    acts, up, masks, _ = _dense(miniature, random_net)
+    trained_acts = _dense(miniature)[0]
+    assert not torch.equal(acts, trained_acts)
+    checked = 0
+    for r in rows:
+        if not r["label"]:
+            continue
+        u, k = int(r["unit"]), int(r["cluster"])
+        ranges = activation_ranges(acts[:, u].double(), k=2)  # the random unit's own clusters
+        if k >= len(ranges):
+            assert r["null_random_iou"] == 0.0 and r["null_random_label"] == ""
+            continue
+        lo, hi = (torch.tensor(v, dtype=torch.float32) for v in ranges[k])
+        _, ref_iou = reference_beam_search(masks, (up[:, u] > lo) & (up[:, u] < hi), length=2, beam=5)
+        assert r["null_random_iou"] == pytest.approx(ref_iou, abs=1e-12), r
+        checked += 1
+    assert checked >= 4
+    assert any(abs(r["null_random_iou"] - r["iou"]) > 1e-6 for r in rows)
 
 
 def test_bad_arguments_raise(miniature):
