@@ -5,9 +5,13 @@ annotations are stored once, deduplicated, as
 
 * ``pixel_offsets`` (E,) int64: flat positions ``image * H + y * sw + x`` on the (sh, sw) mask grid,
   sorted, with ``image_ptr`` (N+1,) giving each image's slice (CSR over images);
-* ``pixel_concepts`` (E,) int64: the dense concept id (0..C-1) at that position. A (position, concept)
+* ``pixel_concepts`` (E,) int32: the dense concept id (0..C-1) at that position. A (position, concept)
   pair occurs at most once, so a label present in two part planes is counted once (compexp/CCE OR);
 * ``image_concepts`` (N, C) bool: image-level labels (Broden scene, texture) that cover the whole image.
+
+That is 12 bytes per (pixel, concept) entry in memory (Broden/ADE at 112x112: about 0.7 G entries, 8 GB), and
+nothing else of size E is kept: the slot of an entry among its pixel's entries, needed to lay images out as
+dense label planes, is derived per query.
 
 From it, the intersection of any dataset bitmap with *every* concept is one sparse product, which is what
 NetDissect's tally and the exact compositional search (dissection.md §3.7) need.
@@ -46,7 +50,7 @@ class ConceptIndex:
 
     Args:
         pixel_offsets: (E,) int64 flat positions, sorted ascending.
-        pixel_concepts: (E,) int64 concept ids aligned with ``pixel_offsets``.
+        pixel_concepts: (E,) int32 concept ids aligned with ``pixel_offsets`` (any integer dtype is converted).
         image_concepts: (N, C) bool image-level concept presence.
         mask_shape: (sh, sw) of the annotation grid.
     """
@@ -58,7 +62,7 @@ class ConceptIndex:
 
     def __post_init__(self) -> None:
         self.pixel_offsets = torch.as_tensor(self.pixel_offsets, dtype=torch.int64)
-        self.pixel_concepts = torch.as_tensor(self.pixel_concepts, dtype=torch.int64)
+        self.pixel_concepts = torch.as_tensor(self.pixel_concepts, dtype=torch.int32)
         self.image_concepts = torch.as_tensor(self.image_concepts, dtype=torch.bool)
         self.mask_shape = (int(self.mask_shape[0]), int(self.mask_shape[1]))
         if self.pixel_offsets.shape != self.pixel_concepts.shape:
@@ -80,18 +84,12 @@ class ConceptIndex:
         self.image_ptr = torch.zeros(n + 1, dtype=torch.int64)
         self.image_ptr[1:] = torch.cumsum(torch.bincount(image_of_entry, minlength=n), 0)
         self._image_areas: torch.Tensor | None = None
-        # slot of each entry among the entries of its pixel (0, 1, ...): lets a set of images be laid out as
-        # dense (B, depth, H) label planes, depth = the most concepts on one pixel
-        e = self.pixel_offsets.numel()
-        if e:
-            first = torch.ones(e, dtype=torch.bool)
-            first[1:] = self.pixel_offsets[1:] != self.pixel_offsets[:-1]
-            start = torch.cummax(torch.where(first, torch.arange(e), torch.zeros(e, dtype=torch.int64)), 0).values
-            self.pixel_slots = torch.arange(e) - start
-            self.depth = int(self.pixel_slots.max()) + 1
-        else:
-            self.pixel_slots = torch.zeros(0, dtype=torch.int64)
-            self.depth = 0
+        # depth = the most concepts on one pixel: entries are sorted by offset, so m + 1 concepts share a pixel iff
+        # some entry equals the one m places later (one comparison pass per level, no (E,) index arrays)
+        offs = self.pixel_offsets
+        self.depth = 1 if offs.numel() else 0
+        while self.depth < offs.numel() and bool((offs[self.depth :] == offs[: -self.depth]).any()):
+            self.depth += 1
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -192,8 +190,16 @@ class ConceptIndex:
         b = torch.repeat_interleave(torch.arange(len(image_ids)), counts, output_size=total)
         first = torch.repeat_interleave(starts - torch.cumsum(counts, 0) + counts, counts, output_size=total)
         e = first + torch.arange(total)
-        out = (b, self.pixel_offsets[e] % self.pixel_size, self.pixel_concepts[e])
-        return (*out, self.pixel_slots[e]) if with_slots else out
+        offs = self.pixel_offsets[e]
+        out = (b, offs % self.pixel_size, self.pixel_concepts[e].to(torch.int64))
+        if not with_slots:
+            return out
+        # slot of each entry among the entries of its pixel (0, 1, ...): the entries of one pixel are adjacent here
+        new_pixel = torch.ones(total, dtype=torch.bool)
+        new_pixel[1:] = offs[1:] != offs[:-1]
+        pos = torch.arange(total)
+        start = torch.cummax(torch.where(new_pixel, pos, torch.zeros_like(pos)), 0).values
+        return (*out, pos - start)
 
     def dense_masks(self, image_ids: torch.Tensor, concepts: torch.Tensor | None = None) -> torch.Tensor:
         """Dense masks (B, C', sh, sw) bool of the given images for the given concepts (all when None)."""
@@ -428,7 +434,7 @@ class ConceptIndex:
             img = np.unpackbits(z["image_concepts"], axis=1, count=c).astype(bool)
             return cls(
                 torch.from_numpy(z["pixel_offsets"].astype(np.int64)),
-                torch.from_numpy(z["pixel_concepts"].astype(np.int64)),
+                torch.from_numpy(z["pixel_concepts"].astype(np.int32, copy=False)),
                 torch.from_numpy(img),
                 tuple(int(x) for x in z["mask_shape"]),
             )

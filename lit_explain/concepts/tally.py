@@ -152,13 +152,8 @@ class SearchContext:
         self.level_matrix = index.image_concepts[:, self.level_columns].to(torch.float64)
         #: _chunks reads whole contiguous image blocks when the wanted images fill this fraction of their span
         self.contiguous_fraction = 0.25
-        # most labels on one pixel: entries are sorted by offset, so m + 1 labels share a pixel iff some entry
-        # equals the one m places later (one comparison pass per label, no index arrays)
-        self.max_labels = 1
-        while self.max_labels < self.offsets.size and bool(
-            np.any(self.offsets[self.max_labels :] == self.offsets[: -self.max_labels])
-        ):
-            self.max_labels += 1
+        #: most labels on one pixel
+        self.max_labels = max(1, index.depth)
         self._pixel_pairs: np.ndarray | None = None
         self._cooc_rows: dict[int, torch.Tensor] = {}
         self._postings: tuple[np.ndarray, np.ndarray] | None = None
