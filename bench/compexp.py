@@ -288,13 +288,14 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compexp.md").write_text(table)
     (out / "compexp.json").write_text(json.dumps({"info": info, "rows": rows, "doubling": doubling}, indent=1, default=str))
+    (out / "compexp.partial.json").unlink(missing_ok=True)  # the complete results supersede it
 
 
 def render(rows, doubling, info, scorers) -> str:
     n = info["images"]
     lines = [f"### Compositional search, length 3, beam 5: {n:,} images, {info['mask']}x{info['mask']} masks, "
              f"{info['concepts']} concepts ({', '.join(f'{v} {k}' for k, v in info['vocabulary'].items())}), "
-             f"{info['threads']} CPU threads", ""]
+             f"{info['threads']} CPU threads", "", f"`python bench/compexp.py {' '.join(sys.argv[1:])}`", ""]
     lines += ["| (unit, range) bitmap | scorer | wall s | CPU s | visited | IoU | formula | peak extra MiB |",
               "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
