@@ -1,11 +1,12 @@
 """The command line: every shipped config parses, and a run through ``main([...])`` writes its outputs."""
 
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lit_explain.cli import main
+from lit_explain.cli import configure_logging, main
 from lit_explain.results import read_csv
 from tests.fixtures.broden_writer import make_miniature
 
@@ -30,7 +31,7 @@ def test_shipped_config_prints(config, capsys, monkeypatch):
     assert printed["model"]["class_path"] and printed["data"]["class_path"]
 
 
-def test_predict_through_the_cli(tmp_path, monkeypatch):
+def test_predict_through_the_cli(tmp_path, monkeypatch, caplog):
     make_miniature(tmp_path / "broden")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
@@ -42,6 +43,22 @@ def test_predict_through_the_cli(tmp_path, monkeypatch):
     saved = yaml.safe_load((out / "config.yaml").read_text())  # the resolved config travels with the results
     assert saved["model"]["init_args"]["layer"] == "features"
     assert list((tmp_path / "outputs/tb/tensorboard").rglob("events.out.tfevents.*"))
+    # the project's INFO messages are shown by default (Python alone would drop them below WARNING)
+    assert any(r.name.startswith("callbacks.") and f"wrote 6 explanations to {out}" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_log_level_option(tmp_path, monkeypatch, caplog):
+    make_miniature(tmp_path / "broden")
+    monkeypatch.chdir(tmp_path)
+    main(["predict", "--config", str(ROOT / "tests/conf/netdissect_miniature.yaml"), "--log_level", "warning",
+          "--data.root", str(tmp_path / "broden"), "--data.cache_dir", str(tmp_path / "cache"),
+          "--model.cache_dir", str(tmp_path / "cache"), "--model.output_dir", str(tmp_path / "run")])
+    assert (tmp_path / "run/explanations.csv").exists()
+    assert not [r for r in caplog.records if r.name.split(".")[0] in ("lit_explain", "callbacks", "data_modules")
+                and r.levelno < logging.WARNING]
+    with pytest.raises(ValueError, match="unknown log level"):
+        configure_logging("chatty")
 
 
 def test_malformed_config_fails_clearly(tmp_path, capsys):

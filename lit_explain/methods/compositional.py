@@ -65,6 +65,8 @@ from lit_explain.metrics.range_importance import RangeImportance
 __all__ = ["CompositionalExplanations", "NULL_BASELINES"]
 
 log = logging.getLogger(__name__)
+#: Seconds between progress messages of the (unit, range) searches.
+PROGRESS_SECONDS = 10.0
 
 #: Null baselines that can be reported beside each IoU.
 NULL_BASELINES = ("shuffled_labels", "random_model")
@@ -243,6 +245,7 @@ class CompositionalExplanations(DissectionMethod):
         jobs_dir = Path(hp.output_dir) / "jobs"
         perm = torch.randperm(entry.shape[0], generator=torch.Generator().manual_seed(hp.seed))
         rows, done, reused = [], 0, 0
+        t_log = t_jobs = time.perf_counter()
         for j, u, k, lo, hi in mine:
             if lo is None:
                 rows.append(self._empty_row(u, float(thresholds[j])))
@@ -262,8 +265,13 @@ class CompositionalExplanations(DissectionMethod):
                 reused += 1
             rows.append(row)
             done += 1
-            log.info("[rank %d] (unit %d, range %d) %d/%d: %s  IoU %.4f", self.global_rank, u, k, done, len(mine),
-                     row["label"] or "-", float(row["iou"]))
+            now = time.perf_counter()
+            if done in (1, len(mine)) or now - t_log >= PROGRESS_SECONDS:  # progress without flooding long runs
+                t_log = now
+                eta = (now - t_jobs) / done * (len(mine) - done)
+                log.info("[rank %d] %d/%d (unit, range) jobs, %d reused, about %.0f s left; (unit %d, range %d): %s  "
+                         "IoU %.4f", self.global_rank, done, len(mine), reused, eta, u, k, row["label"] or "-",
+                         float(row["iou"]))
         rows = self.gather_rows(rows)
         rows.sort(key=lambda r: (int(r["unit"]), int(r["cluster"])))
         if hp.range_importance:
