@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["upsample_to_mask", "unit_bitmaps"]
+__all__ = ["upsample_to_mask", "upsample_maps", "unit_bitmaps"]
 
 
 def upsample_to_mask(acts: torch.Tensor, mask_shape: tuple[int, int]) -> torch.Tensor:
@@ -20,6 +20,30 @@ def upsample_to_mask(acts: torch.Tensor, mask_shape: tuple[int, int]) -> torch.T
     if tuple(acts.shape[-2:]) == tuple(mask_shape):
         return acts
     return F.interpolate(acts, size=tuple(mask_shape), mode="bilinear", align_corners=False)
+
+
+#: Maps upsampled together as the channels of one ``F.interpolate`` input by ``upsample_maps``.
+_GROUP = 16
+
+
+def upsample_maps(maps: torch.Tensor, mask_shape: tuple[int, int]) -> torch.Tensor:
+    """(P, h, w) independent maps -> (P, sh, sw) float32, bilinear, ``align_corners=False``.
+
+    The maps are laid out as 16 channels per image, zero-padded to a multiple of 16, because
+    ``F.interpolate`` takes a slower path with different rounding for single-channel inputs (P, 1, h, w).
+    Laid out like this, each map's values do not depend on its position or on the other maps, so the same
+    (image, unit) pair gives the same bits on any DDP rank. They equal those of upsampling the layer's
+    (N, U, h, w) activations whole, as a dense reference does, whenever U is a multiple of 16.
+    """
+    maps = maps.to(torch.float32)
+    p, (h, w) = maps.shape[0], tuple(maps.shape[-2:])
+    if (h, w) == tuple(mask_shape):
+        return maps
+    pad = (-p) % _GROUP
+    if pad:
+        maps = torch.cat([maps, maps.new_zeros(pad, h, w)])
+    up = F.interpolate(maps.view(-1, _GROUP, h, w), size=tuple(mask_shape), mode="bilinear", align_corners=False)
+    return up.view(-1, *mask_shape)[:p]
 
 
 def unit_bitmaps(acts: torch.Tensor, mask_shape: tuple[int, int], lo: torch.Tensor,

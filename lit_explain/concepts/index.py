@@ -44,6 +44,15 @@ def _sorted_unique(x: np.ndarray) -> np.ndarray:
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
+def set_pixels(bitmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bitmaps.nonzero(as_tuple=True)`` of (P, H) bool bitmaps: (pair index (n,), pixel index (n,)) int64,
+    in row-major order. numpy's flat scan of a bool array is about 1.5x faster than torch's 2-D ``nonzero``."""
+    bits = bitmaps.reshape(bitmaps.shape[0], -1).cpu()
+    flat = torch.from_numpy(np.flatnonzero(bits.numpy()))
+    h = max(1, bits.shape[1])
+    return flat // h, flat % h
+
+
 @dataclass
 class ConceptIndex:
     """Sparse concept annotations of N images on an (sh, sw) grid; see the module docstring.
@@ -281,7 +290,7 @@ class ConceptIndex:
         else:
             uniq, layout = planes
             inverse = torch.searchsorted(uniq, image_ids)
-        p, q = bitmaps.nonzero(as_tuple=True) if on is None else on
+        p, q = set_pixels(bitmaps) if on is None else on
         return p, layout[inverse[p], :, q].to(torch.int64)
 
     def pair_intersections(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, pair_units: torch.Tensor,
@@ -312,7 +321,7 @@ class ConceptIndex:
         c = self.num_concepts
         out = torch.zeros(num_units * c, dtype=torch.int64)
         if on is None:
-            on = bitmaps.nonzero(as_tuple=True)
+            on = set_pixels(bitmaps)
         if self.depth:
             p, labels = self._on_pixel_labels(bitmaps, image_ids, planes, on)
             key = pair_units[p][:, None] * c + labels

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lit_explain.activations.bitmaps import upsample_to_mask
+from lit_explain.activations.bitmaps import upsample_maps
 from lit_explain.activations.clusters import Fp16Histogram, activation_ranges
 from lit_explain.activations.store import ActivationEntry
 from lit_explain.atomic import atomic_write_json
@@ -186,8 +186,8 @@ class CompositionalExplanations(DissectionMethod):
         step = max(1, (1 << 24) // h)
         for chunk in cand.split(step):
             ids = chunk.numpy()
-            acts = torch.from_numpy(np.asarray(entry.acts[ids, unit], dtype=np.float32))[:, None]
-            up = upsample_to_mask(acts, index.mask_shape).reshape(len(ids), h)
+            acts = torch.from_numpy(np.asarray(entry.acts[ids, unit], dtype=np.float32))
+            up = upsample_maps(acts, index.mask_shape).reshape(len(ids), h)
             out[chunk] = (up > lo32) & (up < hi32)
         return out
 

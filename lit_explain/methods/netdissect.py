@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_explain.activations.bitmaps import upsample_to_mask
+from lit_explain.activations.bitmaps import upsample_maps
 from lit_explain.activations.store import ActivationEntry
 from lit_explain.concepts.index import ConceptIndex
 from lit_explain.methods.dissection import DissectionMethod
@@ -122,7 +122,7 @@ def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tens
         acts = torch.from_numpy(np.asarray(entry.acts[ids[img.numpy()], units_np[unit.numpy()]], dtype=np.float32))
         for s in range(0, max(len(img), 1), pairs_per_step):
             sl = slice(s, s + pairs_per_step)
-            up = upsample_to_mask(acts[sl, None], index.mask_shape).flatten(1)  # (P, H)
+            up = upsample_maps(acts[sl], index.mask_shape).flatten(1)  # (P, H)
             metric.update(up > thr[unit[sl]][:, None], chunk[img[sl]], index, pair_units=unit[sl],
                           new_images=chunk if s == 0 else None, planes=planes)
     return metric

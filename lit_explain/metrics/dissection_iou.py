@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from lit_explain.concepts.index import ConceptIndex
+from lit_explain.concepts.index import ConceptIndex, set_pixels
 from lit_explain.metrics.functional.dissection_iou import dissection_iou
 
 __all__ = ["DissectionIoU"]
@@ -74,7 +74,7 @@ class DissectionIoU(Metric):
         pair_units = torch.as_tensor(pair_units, dtype=torch.int64).cpu()
         if len(pair_units) == 0:
             return
-        on = bitmaps.nonzero(as_tuple=True)  # set pixels, shared by every count below
+        on = set_pixels(bitmaps)  # shared by every count below
         areas = torch.bincount(on[0], minlength=len(pair_units))  # (P,); cheaper than reducing the bool bitmaps
         self.intersection += index.pair_intersections(bitmaps, image_ids, pair_units, self.num_units,
                                                       planes=planes, on=on).to(self.intersection.device)
