@@ -47,7 +47,7 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 def set_pixels(bitmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``bitmaps.nonzero(as_tuple=True)`` of (P, H) bool bitmaps: (pair index (n,), pixel index (n,)) int64,
     in row-major order. numpy's flat scan of a bool array is about 1.5x faster than torch's 2-D ``nonzero``."""
-    bits = bitmaps.reshape(bitmaps.shape[0], -1).cpu()
+    bits = bitmaps.flatten(1).cpu()
     flat = torch.from_numpy(np.flatnonzero(bits.numpy()))
     h = max(1, bits.shape[1])
     return flat // h, flat % h
@@ -317,7 +317,7 @@ class ConceptIndex:
         """
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
         pair_units = torch.as_tensor(pair_units, dtype=torch.int64)
-        bitmaps = bitmaps.reshape(len(image_ids), -1)
+        bitmaps = bitmaps.flatten(1)
         c = self.num_concepts
         out = torch.zeros(num_units * c, dtype=torch.int64)
         if on is None:
@@ -340,7 +340,7 @@ class ConceptIndex:
         :meth:`category_hits`)."""
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
         concept_category = torch.as_tensor(concept_category, dtype=torch.int64)
-        bitmaps = bitmaps.reshape(len(image_ids), -1)
+        bitmaps = bitmaps.flatten(1)
         k = num_categories
         out = torch.zeros(len(image_ids) * k, dtype=torch.int64)
         if self.depth and len(image_ids):

@@ -70,7 +70,7 @@ class DissectionIoU(Metric):
             return
         if new_images is not None:
             self._add_images(torch.as_tensor(new_images, dtype=torch.int64).cpu(), index)
-        bitmaps = bitmaps.reshape(bitmaps.shape[0], -1)
+        bitmaps = bitmaps.flatten(1)  # (P, H); also for P = 0 (a chunk with no active pair)
         pair_units = torch.as_tensor(pair_units, dtype=torch.int64).cpu()
         if len(pair_units) == 0:
             return

@@ -97,3 +97,15 @@ def test_label_planes_hold_every_pixel_concept():
         got[b, planes[b, k, q], q] = True
     pixel_only = masks & ~image_level[:, :, None, None]
     assert torch.equal(got, pixel_only[ids].flatten(2))
+
+
+def test_set_pixels_lists_the_true_entries_in_row_major_order():
+    from lit_explain.concepts.index import set_pixels
+
+    g = torch.Generator().manual_seed(0)
+    bits = torch.rand(37, 6, 5, generator=g) > 0.8  # (P, sh, sw): flattened to (P, H) inside
+    p, q = set_pixels(bits)
+    ref = [(i, j) for i in range(37) for j in range(30) if bool(bits.reshape(37, 30)[i, j])]
+    assert list(zip(p.tolist(), q.tolist())) == ref and p.dtype == q.dtype == torch.int64
+    empty = set_pixels(torch.zeros(0, 30, dtype=torch.bool))
+    assert empty[0].numel() == 0 and empty[1].numel() == 0
