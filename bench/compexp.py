@@ -227,7 +227,9 @@ def main(argv=None) -> None:
     names = concept_names()
     rows, doubling = [], []
     sizes = [args.images] if args.no_double else [args.images, 2 * args.images]
+    argv = sys.argv[1:] if argv is None else list(argv)
     info: dict = {"images": args.images, "mask": args.mask, "concepts": NUM_CONCEPTS, "threads": torch.get_num_threads(),
+                  "command": " ".join(["python bench/compexp.py", *argv]),
                   "vocabulary": dict(colors=N_COLORS, objects=N_OBJECTS, parts=N_PARTS, scenes=N_SCENES,
                                      textures=N_TEXTURES)}
     for n in sizes:
@@ -295,7 +297,7 @@ def render(rows, doubling, info, scorers) -> str:
     n = info["images"]
     lines = [f"### Compositional search, length 3, beam 5: {n:,} images, {info['mask']}x{info['mask']} masks, "
              f"{info['concepts']} concepts ({', '.join(f'{v} {k}' for k, v in info['vocabulary'].items())}), "
-             f"{info['threads']} CPU threads", "", f"`python bench/compexp.py {' '.join(sys.argv[1:])}`", ""]
+             f"{info['threads']} CPU threads", "", f"`{info['command']}`", ""]
     lines += ["| (unit, range) bitmap | scorer | wall s | CPU s | visited | IoU | formula | peak extra MiB |",
               "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:

@@ -51,6 +51,7 @@ def test_predict_through_the_cli(tmp_path, monkeypatch, caplog):
 def test_log_level_option(tmp_path, monkeypatch, caplog):
     make_miniature(tmp_path / "broden")
     monkeypatch.chdir(tmp_path)
+    configure_logging("DEBUG")  # start verbose, so that an ignored --log_level would let INFO records through
     main(["predict", "--config", str(ROOT / "tests/conf/netdissect_miniature.yaml"), "--log_level", "warning",
           "--data.root", str(tmp_path / "broden"), "--data.cache_dir", str(tmp_path / "cache"),
           "--model.cache_dir", str(tmp_path / "cache"), "--model.output_dir", str(tmp_path / "run")])
