@@ -1,0 +1,141 @@
+"""Run every shipped config and record a digest of each result table, to prove a refactor changes no result.
+
+Synthetic configs run as shipped (the synthetic world, its CNN, every dissection and LaViSE config). The real-data
+configs (Broden, Visual Genome, COCO) need files nobody can download here, so they run on the miniature fixtures
+of ``tests/fixtures`` written in the exact on-disk format, with a randomly initialised backbone (``weights: none``)
+and, for LaViSE, a miniature GloVe file: the code paths are the shipped ones, only the inputs are small.
+
+Each run starts from an empty ``cache/`` so the extraction, thresholds and searches are recomputed, not reused.
+The tables compared are the CSV files every method writes and the rows of its JSON (the JSON's other keys hold
+paths and configuration, which may legitimately change).
+
+    python bench/shipped_configs.py --workdir /tmp/before                    # trains the CNN, writes digests.json
+    python bench/shipped_configs.py --workdir /tmp/after --world-from /tmp/before --compare /tmp/before/digests.json
+
+``--world-from`` reuses another workdir's synthetic world and trained CNN (training is deterministic on one
+machine, but reusing it saves two minutes and isolates the comparison to the explaining code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: name -> (subcommand, config, extra CLI args, output folder); order matters (LaViSE predict needs its fit).
+SYNTHETIC = [
+    ("netdissect_synthetic", "predict", "netdissect_synthetic.yaml", [], "outputs/netdissect_synthetic"),
+    ("compexp_synthetic", "predict", "compexp_synthetic.yaml", [], "outputs/compexp_synthetic"),
+    ("cce_synthetic", "predict", "cce_synthetic.yaml", [], "outputs/cce_synthetic"),
+    ("lavise_synthetic_fit", "fit", "lavise_synthetic.yaml", [], None),
+    ("lavise_synthetic", "predict", "lavise_synthetic.yaml",
+     ["--ckpt_path", "outputs/lavise_synthetic/checkpoints/last.ckpt"], "outputs/lavise_synthetic"),
+]
+BRODEN_DATA = ["--data.init_args.root", "data/broden_miniature", "--data.init_args.num_workers", "0",
+               "--data.init_args.batch_size", "8", "--trainer.accelerator", "cpu",
+               "--model.init_args.weights", "none"]
+REAL = [
+    ("netdissect_broden", "predict", "netdissect_broden.yaml", BRODEN_DATA, "outputs/netdissect_broden"),
+    ("compexp_broden", "predict", "compexp_broden.yaml",
+     BRODEN_DATA + ["--model.init_args.random_units", "4"], "outputs/compexp_broden"),
+    ("cce_broden", "predict", "cce_broden.yaml",
+     BRODEN_DATA + ["--model.init_args.random_units", "4"], "outputs/cce_broden"),
+]
+
+
+def run(workdir: Path, sub: str, config: str, extra: list[str], log: Path) -> float:
+    cmd = [sys.executable, str(REPO / "trainer_cli.py"), sub, "--config", str(REPO / "configs" / config), *extra]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=workdir, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """sha256 of every CSV under ``folder`` (not TensorBoard) and of the ``rows`` of every result JSON."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or rel.startswith(("tensorboard", "jobs", "checkpoints")):
+            continue
+        if p.suffix == ".csv":
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.suffix == ".json":
+            data = json.loads(p.read_text())
+            if isinstance(data, dict) and "rows" in data:
+                out[rel + ":rows"] = hashlib.sha256(json.dumps(data["rows"], sort_keys=True).encode()).hexdigest()
+            elif p.name == "recall.json":
+                out[rel] = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+def prepare_real(workdir: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from tests.fixtures.broden_writer import make_miniature
+
+    root = workdir / "data" / "broden_miniature"
+    if not (root / "index.csv").is_file():
+        make_miniature(root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--world-from", type=Path, help="workdir whose data/ and trained CNN are reused")
+    ap.add_argument("--compare", type=Path, help="digests.json of another run: exit 1 on any difference")
+    ap.add_argument("--only", default="", help="comma-separated names to run (default: all)")
+    args = ap.parse_args(argv)
+    wd = args.workdir.resolve()
+    (wd / "logs").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(wd / "cache", ignore_errors=True)
+    if args.world_from:
+        src = args.world_from.resolve()
+        (wd / "outputs").mkdir(exist_ok=True)
+        for rel in ("data/synthetic_world", "outputs/synthetic_classifier"):
+            if not (wd / rel).exists():
+                (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(src / rel, wd / rel, symlinks=True)
+    elif not (wd / "outputs/synthetic_classifier/checkpoints/last.ckpt").is_file():
+        secs = run(wd, "fit", "synthetic_classifier.yaml", [], wd / "logs" / "synthetic_classifier.log")
+        print(f"synthetic_classifier fit: {secs:.0f} s", flush=True)
+    prepare_real(wd)
+    only = {s for s in args.only.split(",") if s}
+    digests: dict[str, dict[str, str]] = {}
+    for name, sub, config, extra, out in SYNTHETIC + REAL:
+        if only and name not in only and name.removesuffix("_fit") not in only:
+            continue
+        if out:
+            shutil.rmtree(wd / out, ignore_errors=True)
+        secs = run(wd, sub, config, extra, wd / "logs" / f"{name}.log")
+        print(f"{name} {sub}: {secs:.0f} s", flush=True)
+        if out:
+            digests[name] = digest(wd / out)
+    (wd / "digests.json").write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
+    if args.compare:
+        ref = json.loads(args.compare.read_text())
+        bad = []
+        for name, files in digests.items():
+            for rel, h in files.items():
+                if ref.get(name, {}).get(rel) != h:
+                    bad.append(f"{name}/{rel}")
+            bad += [f"{name}/{rel} (missing)" for rel in ref.get(name, {}) if rel not in files]
+        if bad:
+            print("DIFFERENT:\n  " + "\n  ".join(bad))
+            return 1
+        print(f"identical: {sum(len(v) for v in digests.values())} tables of {len(digests)} configs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
