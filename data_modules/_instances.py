@@ -28,23 +28,19 @@ Batches (the LaViSE data contract, notes/lavise_api.md):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from lit_explain.atomic import atomic_write
+from lit_explain.datasets.files import atomic_save_npz, file_digest, iter_json_array, load_npz_cache, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -71,132 +67,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN, VAL = 0, 1
 
 
-# ---------------------------------------------------------------------------------------------- file helpers
-def iter_json_array(path: str | os.PathLike, chunk_size: int = 1 << 20) -> Iterator[dict]:
-    """Yield the objects of a top-level JSON array one at a time, reading the file in chunks.
-
-    Visual Genome's ``objects.json`` is ~700 MB; ``json.load`` would hold the whole parsed tree (several GB of
-    Python objects). This reads ``chunk_size`` bytes at a time and decodes one element with
-    ``json.JSONDecoder.raw_decode``; an element cut by a chunk boundary is simply retried with more data, so
-    peak memory is one chunk plus one element.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a JSON array of objects, or is truncated (message names the file and offset).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    decoder = json.JSONDecoder()
-    ws = " \t\r\n"
-    with open(path, "r", encoding="utf-8") as f:
-        buf = f.read(chunk_size)
-        consumed = 0  # characters of the file before buf[0]
-        pos = 0
-        eof = len(buf) < chunk_size
-
-        def more() -> bool:
-            nonlocal buf, pos, consumed, eof
-            if eof:
-                return False
-            chunk = f.read(chunk_size)
-            eof = len(chunk) < chunk_size
-            consumed += pos
-            buf, pos = buf[pos:] + chunk, 0
-            return bool(chunk)
-
-        # opening bracket
-        while True:
-            while pos < len(buf) and buf[pos] in ws:
-                pos += 1
-            if pos < len(buf) or not more():
-                break
-        if pos >= len(buf) or buf[pos] != "[":
-            raise ValueError(f"{path}: expected a JSON array ('[') at offset {consumed + pos}; is this the right file?")
-        pos += 1
-        expect_value = True
-        first = True
-        while True:
-            while True:
-                while pos < len(buf) and buf[pos] in ws:
-                    pos += 1
-                if pos < len(buf) or not more():
-                    break
-            if pos >= len(buf):
-                raise ValueError(f"{path}: truncated JSON array (no closing ']'); re-download the file")
-            ch = buf[pos]
-            if ch == "]" and (first or not expect_value):
-                return
-            if ch == "," and not expect_value:
-                pos += 1
-                expect_value = True
-                continue
-            if not expect_value or ch != "{":
-                raise ValueError(f"{path}: malformed JSON array near offset {consumed + pos} (expected an object)")
-            while True:
-                try:
-                    obj, end = decoder.raw_decode(buf, pos)
-                    break
-                except json.JSONDecodeError as exc:
-                    if not more():
-                        raise ValueError(f"{path}: truncated or malformed JSON near offset {consumed + pos}: {exc.msg}") from None
-            pos = end
-            first = False
-            expect_value = False
-            yield obj
-
-
-def file_digest(paths: Sequence[str | os.PathLike], extra: Any = None) -> str:
-    """SHA-1 over the bytes of ``paths`` (in order) and the JSON of ``extra``: the key of a preprocessing cache.
-
-    Keyed by *contents*, not by name or mtime, so a re-downloaded or edited file invalidates the cache.
-    """
-    h = hashlib.sha1()
-    for p in paths:
-        h.update(str(Path(p).name).encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
-def atomic_save_npz(path: str | os.PathLike, meta: dict | None = None, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` (+ a JSON ``meta`` dict) to ``path`` via a temp file and ``os.replace``.
-
-    A reader never sees a half-written cache: either the old file, no file, or the complete new one.
-    """
-    if meta is not None:
-        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def load_npz_cache(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict] | None:
-    """Read a file written by :func:`atomic_save_npz`; ``None`` when absent or unreadable (then it is rebuilt)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:  # corrupt cache: rebuild rather than fail
-        log.warning("ignoring unreadable cache %s (%s); rebuilding it", path, exc)
-        return None
-    meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8")) if "__meta__" in arrays else {}
-    return arrays, meta
-
-
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; a clear error names the file when it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # a writable copy
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except Exception as exc:
-        raise OSError(f"cannot decode image {path}: {exc}. Re-download it or remove it from the annotations.") from exc
-
-
+# ---------------------------------------------------------------------------------------------- policies
 def handle_missing(policy: str, missing: Sequence[str], what: str, fix: str) -> None:
     """Apply an ``on_missing`` policy to a list of missing things: raise (``"error"``) or log and go on (``"skip"``)."""
     if not missing:

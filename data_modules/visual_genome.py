@@ -5,7 +5,7 @@ Files read under ``root`` (the layout of the VG 1.2/1.4 download):
 * ``image_data.json``: a list of ``{"image_id" (or "id"), "url", "width", "height", ...}``;
 * ``objects.json``: a list of ``{"image_id", "objects": [{"object_id", "x", "y", "w", "h", "names": [...],
   "synsets": [...]}, ...]}`` (~700 MB; it is *streamed*, element by element, see
-  :func:`~data_modules._instances.iter_json_array`);
+  :func:`~lit_explain.datasets.files.iter_json_array`);
 * ``attributes.json`` (only with ``include_attributes=True``): the same objects with an ``"attributes"`` word
   list each;
 * the images, in ``VG_100K/`` and ``VG_100K_2/``: an image's file is the last component of its ``url``, looked
@@ -50,14 +50,11 @@ from data_modules._instances import (
     BoxMaskSource,
     InstanceDataModule,
     InstanceTables,
-    atomic_save_npz,
-    file_digest,
     handle_missing,
     image_split,
-    iter_json_array,
     keep_images,
-    load_npz_cache,
 )
+from lit_explain.datasets.files import atomic_save_npz, file_digest, iter_json_array, load_npz_cache
 
 log = logging.getLogger(__name__)
 

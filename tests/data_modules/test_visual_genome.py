@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules._instances import BoxMaskSource, JointTransform, iter_json_array, seen_split
+from data_modules._instances import BoxMaskSource, JointTransform, seen_split
 from data_modules.visual_genome import VisualGenomeDataModule, synset_name
+from lit_explain.datasets.files import iter_json_array
 from tests.fixtures.vg_writer import BACKGROUND, VGImage, VGObject, write_vg
 
 W, H = 40, 24  # every fixture image is 40 wide, 24 high
@@ -84,6 +85,14 @@ def test_streaming_parser_matches_json_load(tmp_path):
     (tmp_path / "obj.json").write_text(json.dumps({"a": 1}))
     with pytest.raises(ValueError, match="obj.json"):
         list(iter_json_array(tmp_path / "obj.json"))
+    (tmp_path / "ints.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="ints.json.*element 0.*int"):
+        list(iter_json_array(tmp_path / "ints.json"))
+    (tmp_path / "blank.json").write_text("  \n")
+    with pytest.raises(ValueError, match="blank.json"):
+        list(iter_json_array(tmp_path / "blank.json"))
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(data[:3]).encode())
+    assert list(iter_json_array(tmp_path / "bom.json")) == data[:3]
 
 
 def test_vocabulary_min_image_frequency_and_synset_merge(tmp_path):
