@@ -1,0 +1,145 @@
+"""The tensor math of HINT (Wang, Lee, Qi, CVPR 2022) steps 2-3, free of Lightning: responsible regions from
+layer saliency, pixel sampling, and the per-concept targets of every hierarchy level at once.
+
+Step 2 (per image, vectorised over the batch): g = ‖S[:, i, j]‖₂ over channels; ĝ = clip((g − min g) /
+(P99(g) − min g), 0, 1); positive (the "responsible region") = ĝ > 0.5, background = the rest. Each grid cell
+is one sample whose features are the layer's C-dimensional column A[:, i, j] (no pooling). The positives are
+kept; the background cells are pooled and drawn *with replacement* (seeded ``torch.Generator``) to
+``background_per_positive`` × the number of positives (HINT: 1/K for a group of K concepts).
+
+Step 3 targets: a pixel of an image whose class is a leaf of concept e is a positive of e when it lies in the
+responsible region; a negative of e when it is a positive of one of e's siblings, or a background pixel of any
+image of e's sibling group (HINT's "other concepts' regions plus background"); ignored otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["channel_norm", "robust_normalize", "responsible_mask", "RegionPixels", "sample_region_pixels",
+           "concept_targets"]
+
+
+def channel_norm(saliency: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w): the L2 norm over channels of each grid cell."""
+    if saliency.ndim != 4:
+        raise ValueError(f"channel_norm: saliency must be (B, C, h, w), got {tuple(saliency.shape)}")
+    return torch.linalg.vector_norm(saliency.float(), dim=1)
+
+
+def robust_normalize(g: torch.Tensor, q: float = 0.99) -> torch.Tensor:
+    """(B, h, w) -> (B, h, w) in [0, 1]: clip((g − min) / (quantile_q − min), 0, 1) per image.
+
+    The quantile is linear interpolation between order statistics (``numpy.percentile``'s default). The
+    P99 instead of the maximum keeps one hot cell from flattening the map. An image whose quantile equals its
+    minimum (a constant map, e.g. zero saliency) maps to all zeros: it has no responsible region.
+    """
+    if not 0.0 < float(q) <= 1.0:
+        raise ValueError(f"robust_normalize: q must be in (0, 1], got {q}")
+    if g.ndim != 3:
+        raise ValueError(f"robust_normalize: g must be (B, h, w), got {tuple(g.shape)}")
+    flat = g.float().flatten(1)
+    lo = flat.min(dim=1).values
+    hi = torch.quantile(flat, float(q), dim=1)
+    span = (hi - lo)[:, None, None]
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    out = ((g.float() - lo[:, None, None]) / safe).clamp(0.0, 1.0)
+    return torch.where(span > 0, out, torch.zeros_like(out))
+
+
+def responsible_mask(saliency: torch.Tensor, threshold: float = 0.5, q: float = 0.99) -> torch.Tensor:
+    """(B, C, h, w) saliency -> (B, h, w) bool: the responsible region ĝ > ``threshold``."""
+    if not 0.0 <= float(threshold) < 1.0:
+        raise ValueError(f"responsible_mask: threshold must be in [0, 1), got {threshold}")
+    return robust_normalize(channel_norm(saliency), q) > float(threshold)
+
+
+@dataclass
+class RegionPixels:
+    """Sampled grid cells of a batch (n cells).
+
+    Attributes:
+        features: (n, C) the layer's feature columns, in the requested dtype (float16 halves the storage).
+        positive: (n,) bool, True for responsible-region cells.
+        image: (n,) int64 index of the cell's image in the batch.
+        label: (n,) int64 the image's class (leaf) index.
+    """
+
+    features: torch.Tensor
+    positive: torch.Tensor
+    image: torch.Tensor
+    label: torch.Tensor
+
+
+def sample_region_pixels(features: torch.Tensor, positive: torch.Tensor, labels: torch.Tensor,
+                         background_per_positive: float, generator: torch.Generator | None = None,
+                         dtype: torch.dtype = torch.float16) -> RegionPixels:
+    """Every positive cell plus background cells drawn with replacement, for a whole batch at once.
+
+    Args:
+        features: (B, C, h, w) the probed layer's output.
+        positive: (B, h, w) bool responsible regions (:func:`responsible_mask`).
+        labels: (B,) int64 each image's class.
+        background_per_positive: background cells drawn per positive cell (>= 0; HINT: 1/K), rounded down.
+        generator: seeds the background draw (same generator state -> same cells).
+        dtype: storage dtype of the features.
+
+    Returns:
+        :class:`RegionPixels`: positives first (image-major, row-major order), then the backgrounds.
+    """
+    if features.ndim != 4 or positive.shape != (features.shape[0], *features.shape[2:]):
+        raise ValueError(f"sample_region_pixels: features (B, C, h, w) {tuple(features.shape)} and positive "
+                         f"(B, h, w) {tuple(positive.shape)} do not fit")
+    if labels.shape != (features.shape[0],):
+        raise ValueError(f"sample_region_pixels: labels must be (B,)={features.shape[0]}, got {tuple(labels.shape)}")
+    if not float(background_per_positive) >= 0:
+        raise ValueError(f"sample_region_pixels: background_per_positive must be >= 0, got {background_per_positive}")
+    cols = features.detach().permute(0, 2, 3, 1)  # (B, h, w, C)
+    pos = positive.to(device=features.device, dtype=torch.bool)
+    pos_idx = pos.nonzero()  # (P, 3): image, row, col
+    bg_idx = (~pos).nonzero()  # (Q, 3)
+    n_bg = int(pos_idx.shape[0] * float(background_per_positive))
+    if n_bg and bg_idx.shape[0] == 0:
+        raise ValueError("sample_region_pixels: every cell of the batch is positive, no background to draw from")
+    pick = torch.randint(0, max(bg_idx.shape[0], 1), (n_bg,), generator=generator).to(bg_idx.device)
+    idx = torch.cat([pos_idx, bg_idx[pick]])
+    feats = cols[idx[:, 0], idx[:, 1], idx[:, 2]].to(dtype)
+    is_pos = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    is_pos[: pos_idx.shape[0]] = True
+    return RegionPixels(feats, is_pos, idx[:, 0], labels.to(idx.device)[idx[:, 0]].long())
+
+
+def concept_targets(label: torch.Tensor, positive: torch.Tensor, membership: torch.Tensor,
+                    group: torch.Tensor) -> torch.Tensor:
+    """(n, K) int8 targets of every concept of every level: 1 positive, 0 negative, -1 ignored.
+
+    Args:
+        label: (n,) int64 class (leaf) index of each cell's image, in [0, L).
+        positive: (n,) bool responsible-region cell.
+        membership: (K, L) bool, concept k contains leaf l (``ConceptHierarchy.membership``).
+        group: (K,) int64 sibling-group id of each concept (concepts compared with each other share one).
+
+    A cell is 1 for concept k when it is positive and its class is under k; 0 when its class is under a
+    concept of k's group and it is either background or positive for a sibling; -1 when its class is outside
+    k's group (the cell says nothing about k).
+    """
+    if membership.ndim != 2 or group.shape != (membership.shape[0],):
+        raise ValueError(f"concept_targets: membership (K, L) {tuple(membership.shape)} and group (K,) "
+                         f"{tuple(group.shape)} do not fit")
+    if label.numel() and (int(label.min()) < 0 or int(label.max()) >= membership.shape[1]):
+        raise ValueError(f"concept_targets: labels must be in [0, {membership.shape[1]}), got range "
+                         f"[{int(label.min())}, {int(label.max())}]")
+    member = membership.bool().to(label.device)
+    grp = group.long().to(label.device)
+    in_k = member[:, label].T  # (n, K)
+    n_groups = int(grp.max()) + 1 if grp.numel() else 0
+    onehot = torch.nn.functional.one_hot(grp, n_groups).T.float()  # (G, K)
+    in_group = (onehot @ member.float()) > 0  # (G, L): leaf l under some concept of group g
+    in_kgroup = in_group[grp][:, label].T  # (n, K)
+    pos = positive.bool()[:, None]
+    out = torch.full(in_k.shape, -1, dtype=torch.int8, device=label.device)
+    out[in_kgroup] = 0
+    out[pos & in_k] = 1
+    return out

@@ -1,0 +1,73 @@
+"""HINT step 2-3 tensor math against numpy per image, hand-worked masks and targets, and seeded sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lit_explain.methods.hint_ops import (channel_norm, concept_targets, responsible_mask, robust_normalize,
+                                          sample_region_pixels)
+
+
+def test_norm_and_p99_normalisation_match_numpy_per_image():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(3, 5, 7, 9, generator=g, dtype=torch.float64)
+    got = robust_normalize(channel_norm(s))
+    for b in range(3):
+        n = np.sqrt((s[b].numpy() ** 2).sum(0))
+        lo, hi = n.min(), np.percentile(n, 99)
+        ref = np.clip((n - lo) / (hi - lo), 0, 1)
+        np.testing.assert_allclose(got[b].numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_responsible_mask_hand_worked():
+    # one channel, values 0..9 on a 1x10 row: min 0, P99 = 8.91; ĝ > 0.5 <=> x > 4.455 -> cells 5..9
+    s = torch.arange(10.0).reshape(1, 1, 1, 10)
+    assert responsible_mask(s)[0, 0].tolist() == [False] * 5 + [True] * 5
+    # the L2 norm over channels: (3, 4) -> 5 beats (0, 4.9); a constant map has no region
+    s2 = torch.tensor([[[[3.0, 0.0, 0.0]]], [[[4.0, 4.9, 0.0]]]]).permute(1, 0, 2, 3)  # (1, 2, 1, 3)
+    assert responsible_mask(s2)[0, 0].tolist() == [True, True, False]
+    assert not responsible_mask(torch.ones(2, 3, 4, 4)).any()
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
+        responsible_mask(s, threshold=1.5)
+
+
+def test_sampling_counts_features_and_seed():
+    B, C, h, w = 4, 6, 5, 5
+    feats = torch.randn(B, C, h, w, generator=torch.Generator().manual_seed(3))
+    pos = torch.zeros(B, h, w, dtype=torch.bool)
+    pos[0, 1:3, 1:3] = True  # 4 cells
+    pos[2, 4, :] = True  # 5 cells
+    labels = torch.tensor([7, 8, 9, 10])
+    out = sample_region_pixels(feats, pos, labels, 1 / 3, torch.Generator().manual_seed(5), dtype=torch.float32)
+    assert out.features.shape == (9 + 3, C) and out.positive.sum() == 9
+    assert out.image[:9].tolist() == [0] * 4 + [2] * 5 and out.label[:9].tolist() == [7] * 4 + [9] * 5
+    torch.testing.assert_close(out.features[0], feats[0, :, 1, 1])
+    torch.testing.assert_close(out.features[4], feats[2, :, 4, 0])
+    # the background cells are background cells, with their own features
+    for f, i in zip(out.features[9:], out.image[9:]):
+        hits = (feats[i].permute(1, 2, 0) == f).all(-1)
+        assert hits.any() and not pos[i][hits].any()
+    again = sample_region_pixels(feats, pos, labels, 1 / 3, torch.Generator().manual_seed(5), dtype=torch.float32)
+    torch.testing.assert_close(again.features, out.features)
+    half = sample_region_pixels(feats, pos, labels, 1 / 3, torch.Generator().manual_seed(5))
+    assert half.features.dtype == torch.float16
+    with pytest.raises(ValueError, match="no background"):
+        sample_region_pixels(feats, torch.ones(B, h, w, dtype=torch.bool), labels, 0.5)
+
+
+def test_concept_targets_hand_worked():
+    # leaves: 0 beagle, 1 wolf, 2 tabby, 3 car. Concepts: group 0 = {canine(0,1), cat(2)}; group 1 = {animal(0,1,2), car(3)}
+    membership = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 0], [1, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    group = torch.tensor([0, 0, 1, 1])
+    label = torch.tensor([0, 0, 2, 3, 3])
+    positive = torch.tensor([True, False, True, True, False])
+    want = [[1, 0, 1, 0],  # positive beagle cell: canine +, cat -, animal +, car -
+            [0, 0, 0, 0],  # background beagle cell: negative for everything in its groups
+            [0, 1, 1, 0],  # positive tabby
+            [-1, -1, 0, 1],  # positive car: canine/cat say nothing about cars
+            [-1, -1, 0, 0]]  # background car
+    assert concept_targets(label, positive, membership, group).tolist() == want
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
+        concept_targets(torch.tensor([4]), torch.tensor([True]), membership, group)
