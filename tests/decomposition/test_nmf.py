@@ -1,0 +1,185 @@
+"""Batched NMF against sklearn.decomposition.NMF run class by class, planted factors and hand-made bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import NMF
+from sklearn.decomposition._nmf import _initialize_nmf
+from sklearn.exceptions import ConvergenceWarning
+
+from lit_explain.decomposition.nmf import batched_nmf, nndsvd_init, relative_error
+
+
+def _data(B=3, n=40, C=15, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, n, C, generator=g, dtype=torch.float64) ** 2
+
+
+def _sk_error(x: np.ndarray, k: int, **kw) -> tuple[float, NMF, np.ndarray]:
+    m = NMF(n_components=k, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        w = m.fit_transform(x, **({"W": kw.pop("W0"), "H": kw.pop("H0")} if "W0" in kw else {}))
+    return float(np.linalg.norm(x - w @ m.components_) / np.linalg.norm(x)), m, w
+
+
+def _sk_custom(x, k, w0, h0, solver, iters):
+    m = NMF(n_components=k, init="custom", solver=solver, tol=0.0, max_iter=iters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        w = m.fit_transform(x, W=w0.copy(), H=h0.copy())
+    return w, m.components_
+
+
+@pytest.mark.parametrize("solver,sk_solver", [("hals", "cd"), ("mu", "mu")])
+def test_same_init_same_iterations_as_sklearn(solver, sk_solver):
+    """HALS is sklearn's coordinate descent and mu its multiplicative update: same start, same steps, same factors."""
+    X, k, iters = _data(), 4, 30
+    W0, H0 = nndsvd_init(X, k)
+    res = batched_nmf(X, k, solver=solver, init="custom", W0=W0, H0=H0, tol=0.0, max_iter=iters)
+    for b in range(X.shape[0]):
+        w, h = _sk_custom(X[b].numpy(), k, W0[b].numpy(), H0[b].numpy(), sk_solver, iters)
+        sk_err = np.linalg.norm(X[b].numpy() - w @ h) / np.linalg.norm(X[b].numpy())
+        assert float(res.error[b]) <= 1.02 * sk_err  # the stated tolerance
+        np.testing.assert_allclose(res.H[b].numpy(), h, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(res.W[b].numpy(), w, rtol=1e-6, atol=1e-8)
+    assert int(res.n_iter.min()) == iters
+
+
+def test_defaults_reach_sklearn_default_objective():
+    """Default HALS + nndsvda + tol 1e-4 vs sklearn NMF(init='nndsvda') defaults: error <= 1.02 x sklearn's."""
+    X, k = _data(B=4, n=60, C=20, seed=1), 5
+    res = batched_nmf(X, k)
+    for b in range(X.shape[0]):
+        sk_err, _, _ = _sk_error(X[b].numpy(), k, init="nndsvda", random_state=0)
+        assert float(res.error[b]) <= 1.02 * sk_err, (b, float(res.error[b]), sk_err)
+    assert bool(res.converged.all())
+
+
+def test_nndsvd_init_matches_sklearn():
+    X, k = _data(B=2, n=30, C=12, seed=2), 3
+    for fill, name in [(False, "nndsvd"), (True, "nndsvda")]:
+        W, H = nndsvd_init(X, k, fill=fill)
+        for b in range(2):
+            w, h = _initialize_nmf(X[b].numpy(), k, init=name, random_state=0)
+            np.testing.assert_allclose(W[b].numpy(), w, atol=1e-6)
+            np.testing.assert_allclose(H[b].numpy(), h, atol=1e-6)
+
+
+def test_recovers_planted_factors():
+    """X = W H with H rows on disjoint channel blocks: each recovered component is one planted row (cosine > 0.99)."""
+    g = torch.Generator().manual_seed(3)
+    H_true = torch.zeros(3, 12, dtype=torch.float64)
+    for j in range(3):
+        H_true[j, 4 * j : 4 * j + 4] = torch.rand(4, generator=g, dtype=torch.float64) + 0.5
+    W_true = torch.rand(50, 3, generator=g, dtype=torch.float64)
+    res = batched_nmf((W_true @ H_true)[None], 3, max_iter=500, tol=1e-8)
+    cos = torch.nn.functional.normalize(res.H[0], dim=1) @ torch.nn.functional.normalize(H_true, dim=1).T
+    assert torch.allclose(cos.max(dim=1).values, torch.ones(3, dtype=torch.float64), atol=1e-2)
+    assert sorted(cos.argmax(dim=1).tolist()) == [0, 1, 2]
+    assert float(res.error[0]) < 1e-2
+
+
+@pytest.mark.parametrize("init", ["nndsvda", "random"])
+def test_deterministic_for_a_seed(init):
+    X = _data(seed=4).float()
+    a = batched_nmf(X, 3, init=init, seed=7)
+    b = batched_nmf(X, 3, init=init, seed=7)
+    assert torch.equal(a.W, b.W) and torch.equal(a.H, b.H) and torch.equal(a.n_iter, b.n_iter)
+    if init == "random":
+        assert not torch.equal(batched_nmf(X, 3, init=init, seed=8).H, a.H)
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_padded_class_equals_run_alone(solver):
+    """A class with 25 of 40 rows (the rest garbage, ignored) gets the factors it gets alone."""
+    X = _data(B=3, n=40, C=10, seed=5)
+    n_rows = torch.tensor([40, 25, 33])
+    res = batched_nmf(X, 3, n_rows=n_rows, solver=solver, max_iter=100)
+    for b, nb in enumerate(n_rows.tolist()):
+        alone = batched_nmf(X[b : b + 1, :nb], 3, solver=solver, max_iter=100)
+        assert torch.allclose(res.H[b], alone.H[0], atol=1e-7), b
+        assert torch.allclose(res.W[b, :nb], alone.W[0], atol=1e-7), b
+        assert torch.all(res.W[b, nb:] == 0)
+        assert int(res.n_iter[b]) == int(alone.n_iter[0])
+        Xb = X[b, :nb]
+        assert torch.isclose(res.error[b], (Xb - alone.W[0] @ alone.H[0]).norm() / Xb.norm())
+
+
+def test_converged_class_stops_changing():
+    """Two classes converge at different iterations; each one's factors equal a run stopped at its iteration."""
+    g = torch.Generator().manual_seed(6)
+    easy = torch.rand(40, 2, generator=g, dtype=torch.float64) @ torch.rand(2, 10, generator=g, dtype=torch.float64)
+    hard = torch.rand(40, 10, generator=g, dtype=torch.float64)
+    X = torch.stack([easy, hard])
+    res = batched_nmf(X, 2, tol=1e-3, max_iter=300)
+    assert bool(res.converged.all()) and res.n_iter[0] != res.n_iter[1]
+    for b in range(2):
+        stopped = batched_nmf(X[b : b + 1], 2, tol=0.0, max_iter=int(res.n_iter[b]))
+        assert torch.equal(res.H[b], stopped.H[0]) and torch.equal(res.W[b], stopped.W[0])
+
+
+def test_sklearn_backend_matches_sklearn():
+    X, k = _data(B=2, n=30, C=8, seed=8), 3
+    res = batched_nmf(X, k, solver="sklearn", init="nndsvda", seed=0)
+    for b in range(2):
+        sk_err, m, _ = _sk_error(X[b].numpy(), k, init="nndsvda", random_state=0)
+        assert abs(float(res.error[b]) - sk_err) < 1e-9
+        np.testing.assert_allclose(res.H[b].numpy(), m.components_)
+
+
+def test_negative_input_error_names_min_and_fix():
+    X = _data(B=2, n=10, C=5)
+    X[1, 3, 2] = -0.25
+    with pytest.raises(ValueError, match=r"min -0\.25 in class 1.*ReLU.*negative='shift'"):
+        batched_nmf(X, 2)
+    res = batched_nmf(X, 2, negative="shift")
+    assert res.shift.tolist() == [0.0, -0.25]
+    alone = batched_nmf(X[1:] + 0.25, 2)
+    assert torch.allclose(res.H[1], alone.H[0], atol=1e-8)
+
+
+def test_all_zero_and_too_few_rows_are_skipped_with_reason():
+    X = _data(B=3, n=10, C=5)
+    X[1] = 0
+    res = batched_nmf(X, 3, n_rows=torch.tensor([10, 10, 2]))
+    assert set(res.skipped) == {1, 2}
+    assert "all-zero" in res.skipped[1] and "2 rows < k=3" in res.skipped[2]
+    assert res.valid.tolist() == [True, False, False]
+    assert torch.isnan(res.error[1:]).all() and torch.all(res.H[1:] == 0) and torch.all(res.W[1:] == 0)
+    alone = batched_nmf(X[:1], 3)
+    assert torch.allclose(res.H[0], alone.H[0], atol=1e-10)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"k": 0}, "k must be an int >= 1"),
+    ({"k": 6}, "k=6 components exceed the C=5"),
+    ({"k": 2, "max_iter": 0}, "max_iter must be an int >= 1"),
+    ({"k": 2, "tol": -1.0}, "tol must be a number >= 0"),
+    ({"k": 2, "solver": "pgd"}, "solver must be one of"),
+    ({"k": 2, "init": "svd"}, "init must be one of"),
+    ({"k": 2, "negative": "clip"}, "negative must be 'error' or 'shift'"),
+    ({"k": 2, "n_rows": torch.tensor([11, 1])}, r"n_rows must be \(B,\)"),
+    ({"k": 2, "init": "custom"}, "init='custom' needs W0"),
+])
+def test_argument_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        batched_nmf(_data(B=2, n=10, C=5), **kw)
+
+
+def test_nan_input_raises():
+    X = _data(B=1, n=5, C=4)
+    X[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        batched_nmf(X, 2)
+
+
+def test_relative_error_by_hand():
+    X = torch.tensor([[[3.0, 0.0], [0.0, 4.0]]])
+    W = torch.tensor([[[1.0], [0.0]]])
+    H = torch.tensor([[[3.0, 0.0]]])
+    assert torch.allclose(relative_error(X, W, H), torch.tensor([4.0 / 5.0]))
