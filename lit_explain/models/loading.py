@@ -46,6 +46,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from lit_explain.errors import ConfigError, MissingFileError
+
 __all__ = [
     "ModelSource",
     "available_model_sources",
@@ -99,7 +101,7 @@ class ModelSource:
             FileNotFoundError: the weight file is not cached; the message names the file and the folder.
             ValueError: the scheme has no library weights.
         """
-        raise ValueError(
+        raise ConfigError(
             f"'{type(self).__name__}' models have no library weights, so weights='default' cannot be used for "
             f"'{name}'. Pass weights='none' or the path of a checkpoint."
         )
@@ -135,12 +137,12 @@ def available_model_sources() -> list[str]:
 def _resolve_spec(spec: str) -> tuple[ModelSource, str, str]:
     """Split ``spec`` into (source, name, scheme); anything without a registered scheme is a file path."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"Model spec must be a non-empty string such as 'torchvision:resnet18', got {spec!r}.")
+        raise ConfigError(f"Model spec must be a non-empty string such as 'torchvision:resnet18', got {spec!r}.")
     spec = spec.strip()
     scheme, sep, rest = spec.partition(":")
     if sep and scheme in _SOURCES:
         if not rest:
-            raise ValueError(f"Model spec {spec!r} names no architecture after '{scheme}:'.")
+            raise ConfigError(f"Model spec {spec!r} names no architecture after '{scheme}:'.")
         return _SOURCES[scheme], rest, scheme
     return _SOURCES["file"], spec, "file"
 
@@ -153,7 +155,7 @@ def _close(name: str, choices: list[str], n: int = 5) -> str:
 def _pop_conflicting(kwargs: dict[str, Any], *names: str) -> None:
     for key in names:
         if key in kwargs:
-            raise ValueError(f"Do not pass {key!r} in the model kwargs: use load_model(weights=...) instead.")
+            raise ConfigError(f"Do not pass {key!r} in the model kwargs: use load_model(weights=...) instead.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -177,7 +179,7 @@ class TorchvisionSource(ModelSource):
 
         names = torchvision.models.list_models()
         if name not in names:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown torchvision architecture {name!r}. Closest: {_close(name, names)}. "
                 "All names: torchvision.models.list_models()."
             )
@@ -198,11 +200,11 @@ class TorchvisionSource(ModelSource):
         try:
             weights = torchvision.models.get_model_weights(name).DEFAULT
         except (ValueError, KeyError, AttributeError) as err:
-            raise ValueError(f"torchvision has no pretrained weights for {name!r}: {err}") from err
+            raise ConfigError(f"torchvision has no pretrained weights for {name!r}: {err}") from err
         folder = _torch_checkpoint_dir()
         file = folder / _url_file_name(weights.url)
         if not file.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Pretrained weights for torchvision:{name} ({weights}) are not in the local cache and this "
                 f"library never downloads. Put the file '{file.name}' into the folder '{folder}' "
                 f"(that is $TORCH_HOME/hub/checkpoints, torch.hub.get_dir()/checkpoints), e.g. fetched on a "
@@ -239,7 +241,7 @@ class TimmSource(ModelSource):
 
         arch = name.split(".", 1)[0]
         if not timm.is_model(arch):
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown timm architecture {arch!r}. Closest: {_close(arch, timm.list_models())}. "
                 "All names: timm.list_models()."
             )
@@ -261,12 +263,12 @@ class TimmSource(ModelSource):
         try:
             cfg_obj = get_pretrained_cfg(name)
         except RuntimeError as err:  # an invalid pretrained tag
-            raise ValueError(f"timm:{name}: {err}") from err
+            raise ConfigError(f"timm:{name}: {err}") from err
         overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
         cfg = {**(dataclasses.asdict(cfg_obj) if cfg_obj is not None else {"architecture": name}), **overlay}
         found, expected = self._find_local(cfg)
         if found is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Pretrained weights for timm:{name} are not in the local cache and this library never downloads: "
                 + "; or ".join(expected)
                 + ". Alternatively pass weights='<path to a checkpoint>' or "
@@ -288,7 +290,7 @@ class TimmSource(ModelSource):
             file = Path(cfg["file"]).expanduser()
             if file.is_file():
                 return {"file": str(file)}, expected
-            raise FileNotFoundError(f"timm pretrained_cfg file '{file}' does not exist.")
+            raise MissingFileError(f"timm pretrained_cfg file '{file}' does not exist.")
         hub_id = cfg.get("hf_hub_id")
         if hub_id:
             from huggingface_hub import try_to_load_from_cache
@@ -323,6 +325,24 @@ class TimmSource(ModelSource):
 # --------------------------------------------------------------------------------------------------------------------
 # python:<module>:<factory>
 # --------------------------------------------------------------------------------------------------------------------
+def _import_error(spec_rest: str, module_name: str, err: ModuleNotFoundError) -> ConfigError:
+    """The fix for a ``python:`` spec whose module cannot be imported: the module itself is not on the path
+    (add its folder to PYTHONPATH or install it), or it imports a package that is not installed."""
+    missing = err.name or ""
+    if missing and not (module_name == missing or module_name.startswith(missing + ".")):
+        return ConfigError(
+            f"Spec 'python:{spec_rest}': module '{module_name}' was found but imports '{missing}', which is not "
+            f"installed; install it in this environment (pip install <the package that provides {missing}>)."
+        )
+    top = module_name.split(".", 1)[0]
+    return ConfigError(
+        f"Spec 'python:{spec_rest}': cannot import module '{module_name}' (not on the Python path of this process, "
+        f"working directory '{os.getcwd()}'); add the folder that holds '{top}.py' or the package '{top}/' to "
+        f"PYTHONPATH (e.g. PYTHONPATH=/path/to/that/folder python trainer_cli.py ...) or install your project "
+        f"with 'pip install -e <project>'."
+    )
+
+
 @register_model_source("python")
 class PythonSource(ModelSource):
     """``python:<module>:<factory>``: your own model; ``factory`` is a function or an ``nn.Module`` class.
@@ -333,25 +353,25 @@ class PythonSource(ModelSource):
     def build(self, name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
         module_name, sep, attr = name.rpartition(":")
         if not sep or not module_name or not attr:
-            raise ValueError(
+            raise ConfigError(
                 f"Spec 'python:{name}' must look like 'python:<module>:<factory>', "
                 "e.g. 'python:lit_explain.models.synthetic_cnn:synthetic_cnn'."
             )
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            raise ValueError(f"Spec 'python:{name}': cannot import module '{module_name}' ({err}).") from err
+            raise _import_error(name, module_name, err) from err
         factory = module
         for part in attr.split("."):
             if not hasattr(factory, part):
                 public = [n for n in dir(module) if not n.startswith("_")]
-                raise ValueError(
+                raise ConfigError(
                     f"Spec 'python:{name}': module '{module_name}' has no attribute '{attr}'. "
                     f"Closest: {_close(attr, public)}."
                 )
             factory = getattr(factory, part)
         if not callable(factory):
-            raise ValueError(f"Spec 'python:{name}': '{attr}' is not callable.")
+            raise ConfigError(f"Spec 'python:{name}': '{attr}' is not callable.")
         extra = {} if num_classes is None else {"num_classes": num_classes}
         model = factory(**extra, **kwargs)
         if not isinstance(model, nn.Module):
@@ -377,7 +397,25 @@ def _torch_load(path: Path, trusted: bool) -> Any:
     except pickle.UnpicklingError:
         raise
     except Exception as err:  # corrupt zip, truncated file, unknown class in a pickle
-        raise ValueError(f"Cannot read '{path}' with torch.load: {type(err).__name__}: {err}") from err
+        raise _unreadable(path, err) from err
+
+
+def _torch_reason(err: BaseException) -> str:
+    """The informative part of a torch.load error, on one line, without torch's advice to file an issue."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    else:
+        text = text.split(". ", 1)[0]
+    text = " ".join(text.split())
+    return text[:200] if text else type(err).__name__
+
+
+def _unreadable(path: Path, err: BaseException) -> ConfigError:
+    return ConfigError(
+        f"Cannot read '{path}' with torch.load ({_torch_reason(err)}): the file is not a PyTorch checkpoint or is "
+        "truncated or corrupt; copy or save it again, check the path, or use weights='none'."
+    )
 
 
 @register_model_source("file")
@@ -394,12 +432,12 @@ class FileSource(ModelSource):
     def build(self, name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
         path = Path(name).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Model file '{path}' does not exist (the spec has no registered scheme, so it was read as a file "
                 f"path; registered schemes: {', '.join(s + ':' for s in available_model_sources())})."
             )
         if num_classes is not None or kwargs:
-            raise ValueError(
+            raise ConfigError(
                 f"A saved model file ('{path}') fixes its architecture: num_classes and model kwargs cannot be "
                 "applied to it."
             )
@@ -408,9 +446,9 @@ class FileSource(ModelSource):
         try:
             obj = _torch_load(path, trusted=True)
         except pickle.UnpicklingError as err:
-            raise ValueError(f"'{path}' is not a readable pickled model: {err}") from err
+            raise _unreadable(path, err) from err
         if not isinstance(obj, nn.Module):
-            raise ValueError(
+            raise ConfigError(
                 f"'{path}' holds a {type(obj).__name__}, not a model. A state dict or checkpoint is loaded with "
                 "load_model('<scheme>:<arch>', weights='<this file>')."
             )
@@ -441,11 +479,11 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, Any]:
             if isinstance(inner, nn.Module) or _is_state_dict(inner):
                 return _extract_state_dict(inner, path)
         shown = ", ".join(repr(k) for k in list(obj)[:10])
-        raise ValueError(
+        raise ConfigError(
             f"No state dict found in checkpoint '{path}'. Top-level keys: {shown}. Expected a state dict, or one "
             f"under any of {list(_NESTED_STATE_KEYS)}, or a pickled nn.Module."
         )
-    raise ValueError(f"Checkpoint '{path}' holds a {type(obj).__name__}; expected a state dict or an nn.Module.")
+    raise ConfigError(f"Checkpoint '{path}' holds a {type(obj).__name__}; expected a state dict or an nn.Module.")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -465,21 +503,21 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint file '{path}' does not exist.")
+        raise MissingFileError(f"Checkpoint file '{path}' does not exist.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as err:
-            raise ValueError(f"Cannot read safetensors file '{path}': {err}") from err
+            raise ConfigError(f"Cannot read safetensors file '{path}': {err}") from err
     if _is_torchscript_archive(path):
         return torch.jit.load(str(path), map_location="cpu").state_dict()
     try:
         obj = _torch_load(path, trusted=False)
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):  # not a refused class, just not a pickle: never unpickle it
-            raise ValueError(f"Cannot read checkpoint '{path}': {err}") from err
+            raise _unreadable(path, err) from err
         warnings.warn(
             f"'{path}' cannot be read with torch.load(weights_only=True) (it holds pickled Python objects); "
             "reading it with weights_only=False, which runs code from the file. Only do this for trusted files.",
@@ -489,7 +527,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             obj = _torch_load(path, trusted=True)
         except pickle.UnpicklingError as err2:
-            raise ValueError(f"Cannot read checkpoint '{path}': {err2}") from err2
+            raise _unreadable(path, err2) from err2
     return _extract_state_dict(obj, path)
 
 
@@ -597,26 +635,27 @@ def _infer_num_classes(state: Mapping[str, Any], model: nn.Module) -> int | None
 
 def _mismatch_error(
     path: Path, spec: str, model: nn.Module, state: Mapping[str, Any], desc: str, tried: list[str]
-) -> ValueError:
+) -> ConfigError:
+    """One line: the counts, then the first missing / unexpected keys and shape mismatches, each part ending in ';'."""
     missing, unexpected = _key_diff(state, model.state_dict())
     shapes = _shape_mismatches(state, model)
-    lines = [
+    parts = [
         f"Checkpoint '{path}' does not fit {spec} ({type(model).__name__}): {len(missing)} missing keys, "
-        f"{len(unexpected)} unexpected keys, {len(shapes)} shape mismatches (closest key variant: {desc}).",
+        f"{len(unexpected)} unexpected keys, {len(shapes)} shape mismatches (closest key variant: {desc});",
     ]
     if missing:
-        lines.append(f"  missing (first {_SHOW}): {', '.join(missing[:_SHOW])}")
+        parts.append(f"missing (first {_SHOW}): {', '.join(missing[:_SHOW])};")
     if unexpected:
-        lines.append(f"  unexpected (first {_SHOW}): {', '.join(unexpected[:_SHOW])}")
+        parts.append(f"unexpected (first {_SHOW}): {', '.join(unexpected[:_SHOW])};")
     if shapes:
-        shown = "; ".join(f"{k}: checkpoint {c} vs model {m}" for k, c, m in shapes[:_SHOW])
-        lines.append(f"  shape mismatches (first {_SHOW}): {shown}")
-    lines.append(f"  key fixes tried: {' | '.join(tried)}")
-    lines.append(
-        "  Fix: use the spec of the architecture the checkpoint was trained with, and num_classes=None (inferred "
+        shown = ", ".join(f"{k}: checkpoint {c} vs model {m}" for k, c, m in shapes[:_SHOW])
+        parts.append(f"shape mismatches (first {_SHOW}): {shown};")
+    parts.append(f"key fixes tried: {' | '.join(tried)};")
+    parts.append(
+        "fix: use the spec of the architecture the checkpoint was trained with, and num_classes=None (inferred "
         "from the last layer) or the checkpoint's class count."
     )
-    return ValueError("\n".join(lines))
+    return ConfigError(" ".join(parts))
 
 
 def _load_checkpoint(
@@ -640,7 +679,7 @@ def _load_checkpoint(
     try:
         model.load_state_dict(matched, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"Loading checkpoint '{path}' into {spec} failed: {err}") from err
+        raise ConfigError(f"Loading checkpoint '{path}' into {spec} failed: {err}") from err
     return model
 
 
@@ -677,9 +716,12 @@ def load_model(spec: str, weights: str = "none", num_classes: int | None = None,
         The model, on CPU.
 
     Raises:
-        FileNotFoundError: a missing model, checkpoint or cached weight file (the message names it).
-        ValueError: unknown architecture, malformed spec, or a checkpoint whose keys or shapes do not fit the
-            model (the message lists the first missing/unexpected keys and the file).
+        MissingFileError: (a FileNotFoundError) a missing model, checkpoint or cached weight file (the message
+            names it and where it is expected).
+        ConfigError: (a ValueError) unknown architecture, malformed spec, a ``python:`` module that cannot be
+            imported (the message says to add its folder to PYTHONPATH), an unreadable checkpoint, or a checkpoint
+            whose keys or shapes do not fit the model (the message lists the first missing/unexpected keys and the
+            file). Both are :mod:`lit_explain.errors` types: the command line prints them as one line.
 
     Warning:
         Pickled models and checkpoints that need ``weights_only=False`` execute code stored in the file when read.
@@ -695,7 +737,7 @@ def load_model(spec: str, weights: str = "none", num_classes: int | None = None,
         return source.build_pretrained(name, num_classes, dict(kwargs))
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Checkpoint file '{path}' does not exist (weights must be 'none', 'default' or a checkpoint path)."
         )
     return _load_checkpoint(source, name, f"{scheme}:{name}", num_classes, kwargs, path)

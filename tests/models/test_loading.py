@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models.densenet import DenseNet, _DenseLayer
 
+from lit_explain.errors import ConfigError, MissingFileError
 from lit_explain.models import load_model, model_fingerprint, read_state_dict
 
 NETS_MODULE = "lx_test_nets"
@@ -334,9 +335,9 @@ def test_key_mismatch_lists_missing_unexpected_and_the_file(tmp_path):
     with pytest.raises(ValueError) as info:
         load_model("torchvision:resnet18", weights=str(path))
     message = str(info.value)
-    missing = message.split("missing (first 5): ")[1].split("\n")[0].split(", ")
-    unexpected = message.split("unexpected (first 5): ")[1].split("\n")[0].split(", ")
-    assert "tiny.pth" in message
+    missing = message.split("missing (first 5): ")[1].split(";")[0].split(", ")
+    unexpected = message.split("unexpected (first 5): ")[1].split(";")[0].split(", ")
+    assert "tiny.pth" in message and "\n" not in message  # one line
     assert missing == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"]
     assert unexpected == ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean"]
 
@@ -453,3 +454,63 @@ def test_fingerprint_tracks_every_tensor_and_nothing_else():
     other = torchvision.models.resnet18()
     other.fc = nn.Sequential(other.fc)  # same numbers, different module tree
     assert model_fingerprint(other) != fp
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Messages: one line, a project error type, the fix
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("corrupt", ["garbage", "truncated"])
+def test_corrupt_checkpoint_is_one_line_without_torch_advice(tmp_path, corrupt):
+    """torch's own message for a non-checkpoint asks the user to "file an issue" with PyTorch and spans lines."""
+    path = tmp_path / f"{corrupt}.pth"
+    if corrupt == "garbage":
+        path.write_bytes(b"\x00not a checkpoint" * 10)
+    else:
+        torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "whole.pth")
+        data = (tmp_path / "whole.pth").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    for call in (lambda: load_model("torchvision:resnet18", weights=str(path)), lambda: load_model(str(path))):
+        with pytest.raises(ConfigError) as info:
+            call()
+        message = str(info.value)
+        assert str(path) in message and "\n" not in message
+        assert "file an issue" not in message.lower()
+        assert "corrupt" in message  # the likely cause and the fix
+        assert "save it again" in message
+
+
+def test_missing_files_are_project_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(MissingFileError, match="resnet18-f37072fd.pth"):
+        load_model("torchvision:resnet18", weights="default")
+    with pytest.raises(MissingFileError, match="nope.pth"):
+        load_model("torchvision:resnet18", weights=str(tmp_path / "nope.pth"))
+    assert issubclass(MissingFileError, FileNotFoundError) and issubclass(ConfigError, ValueError)
+
+
+def test_python_spec_not_importable_says_pythonpath(tmp_path, monkeypatch):
+    """The module exists on disk but not on the path: the message names PYTHONPATH; once its folder is on the path
+    (what the advice says to do) the same spec builds."""
+    folder = tmp_path / "my_project"
+    folder.mkdir()
+    (folder / "lx_user_net.py").write_text("from torch import nn\n\ndef net():\n    return nn.Conv2d(3, 2, 1)\n")
+    with pytest.raises(ConfigError) as info:
+        load_model("python:lx_user_net:net")
+    message = str(info.value)
+    assert "PYTHONPATH" in message and "lx_user_net" in message and "pip install -e" in message
+    assert "\n" not in message
+    monkeypatch.syspath_prepend(str(folder))
+    try:
+        assert isinstance(load_model("python:lx_user_net:net"), nn.Conv2d)
+    finally:
+        sys.modules.pop("lx_user_net", None)
+
+
+def test_python_spec_whose_module_imports_a_missing_package(tmp_path, monkeypatch):
+    (tmp_path / "lx_needs_pkg.py").write_text("import lx_no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        load_model("python:lx_needs_pkg:net")
+    message = str(info.value)
+    assert "lx_no_such_dependency_xyz" in message and "not installed" in message
+    assert "PYTHONPATH" not in message  # the user's module was found: the path is not the problem
