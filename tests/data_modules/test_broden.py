@@ -21,6 +21,7 @@ from tests.fixtures.broden_writer import (
     MINIATURE_LABELS,
     MINIATURE_PRIMARY,
     FixtureImage,
+    FixtureLabel,
     encode_ids,
     make_miniature,
     miniature_images,
@@ -458,3 +459,68 @@ def test_image_size_disagreeing_with_the_index_and_empty_vocabulary(broden_copy)
         ds[2]
     with pytest.raises(ValueError, match=r"no concept occurs in 100 of the 20 selected Broden images"):
         _ = BrodenDataset(root, min_image_count=100).vocabulary
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary files
+def _line_of(path, first_cell):
+    """1-based line of the CSV row whose first cell is ``first_cell`` (a plain text scan, not the reader)."""
+    return next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.split(",")[0] == str(first_cell))
+
+
+@pytest.mark.parametrize("dup, what", [(FixtureLabel(5, "door", {"object": 1.0}), "label number 5"),
+                                       (FixtureLabel(42, "floor", {"object": 1.0}), "label name 'floor'")])
+def test_label_csv_defining_an_id_or_a_name_twice_is_rejected(tmp_path, dup, what):
+    labels = MINIATURE_LABELS + [dup]
+    root = write_broden(tmp_path / "b", labels, miniature_images(), c_file_categories=("color", "object"))
+    order = sorted(labels, key=lambda lab: lab.number)  # the writer's row order
+    first = next(i for i, lab in enumerate(order) if lab.number == 5) + 2
+    second = order.index(dup) + 2
+    with pytest.raises(BrodenFormatError, match=rf"label\.csv:{second}: {what} is already defined on line {first}\b"):
+        BrodenDataset(str(root))
+
+
+def test_category_csv_and_c_file_repeats_are_rejected(tmp_path):
+    root = make_miniature(tmp_path / "b").root
+    cat = root / "category.csv"
+    first = _line_of(cat, "object")
+    n = len(cat.read_text().splitlines())
+    with open(cat, "a") as f:
+        f.write("object,4,300,5,21\n")
+    with pytest.raises(BrodenFormatError, match=rf"category\.csv:{n + 1}: category 'object' is already defined on line {first}\b"):
+        BrodenDataset(str(root))
+    cat.write_text("\n".join(cat.read_text().splitlines()[:-1]) + "\n")
+    BrodenDataset(str(root))  # the repaired file reads again
+    c_obj = root / "c_object.csv"
+    lines = c_obj.read_text().splitlines()
+    first = next(i for i, ln in enumerate(lines, 1) if ln.split(",")[1:3] == ["4", "wall"])
+    with open(c_obj, "a") as f:
+        f.write(f"{len(lines)},4,wall-again,1,0.5\n")
+    with pytest.raises(BrodenFormatError, match=rf"c_object\.csv:{len(lines) + 1}: label number 4 is already defined on line {first}\b"):
+        BrodenDataset(str(root))
+
+
+def test_concepts_listed_twice_are_rejected(broden_miniature, tmp_path):
+    with pytest.raises(ValueError, match=r"concepts lists 'wall' twice \(positions 0 and 2\)"):
+        BrodenDataModule(str(broden_miniature.root), concepts=["wall", "car", "wall"], cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"BrodenDataset: concepts lists 'wall' twice \(positions 0 and 2\)"):
+        BrodenDataset(str(broden_miniature.root), concepts=["wall", "car", "wall"])
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+@pytest.mark.parametrize("kw, match", [
+    ({"batch_size": 0}, r"batch_size must be an integer >= 1, got 0"),
+    ({"num_workers": -1}, r"num_workers must be an integer >= 0, got -1"),
+    ({"min_image_count": -2}, r"min_image_count must be an integer >= 0, got -2"),
+    ({"image_size": 0}, r"image_size must be an integer >= 1 \(or null\), got 0"),
+    ({"split": "test"}, r"split must be one of 'train', 'val', None, got 'test'"),
+    ({"std": (0.2, 0.0, 0.2)}, r"std must be three finite numbers .*all > 0"),
+    ({"mean": (0.5, 0.5)}, r"mean must be three finite numbers"),
+    ({"categories": ["object", "object"]}, r"categories lists 'object' twice"),
+    ({"categories": []}, r"categories must be a non-empty list"),
+    ({"subset": ""}, r"subset must be a non-empty folder name"),
+    ({"concepts": ["wall"], "min_image_count": 3}, r"give either `concepts`"),
+])
+def test_constructor_rejects_out_of_range_arguments(kw, match, tmp_path):
+    # root need not exist: the constructor checks the settings before any file is read
+    with pytest.raises(ValueError, match=r"BrodenDataModule: " + match):
+        BrodenDataModule(str(tmp_path / "nowhere"), cache_dir=str(tmp_path), **kw)
