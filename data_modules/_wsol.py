@@ -1,0 +1,236 @@
+"""What the WSOL readers (ImageNet, CUB-200-2011, Pascal VOC) share: box records, the joint image + box
+transform, clipping with counted skips, padded box batches, and the LightningDataModule shell.
+
+A reader parses its dataset's files into :class:`BoxRecord` lists (boxes in the *original* image's continuous
+pixel coordinates ``(x0, y0, x1, y1)``, x1/y1 exclusive; each reader documents how its file format maps to
+that). Then:
+
+* :func:`clip_records` clips boxes to the image (partial boxes are cut to the image edge) and drops boxes
+  left with no area, counting both (``stats``), because a box outside the image is an annotation error that
+  must not crash a 50k-image evaluation nor pass unnoticed;
+* :class:`BoxDataset` resizes the image directly to ``image_size`` (no crop, as HINT: the whole object stays
+  in view) and the boxes with it, through torchvision ``transforms.v2`` with ``tv_tensors.BoundingBoxes``, so
+  the boxes are scaled by exactly the image's factors (x by W'/W, y by H'/H, also for non-square images);
+* :func:`collate_boxes` pads boxes to (B, M, 4) with −1 rows.
+
+A batch is a dict: ``image`` (B, 3, H', W') float normalised, ``label`` (B,) int64, ``index`` (B,) int64
+(position in the split), ``boxes`` (B, M, 4) float32 in the transformed image's pixels (−1 padding),
+``box_labels`` (B, M) int64 (−1 padding), ``num_boxes`` (B,) int64.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BoxRecord", "clip_records", "BoxDataset", "collate_boxes",
+           "WSOLDataModule", "image_size_of", "validate_common"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class BoxRecord:
+    """One image: its file, class, size and GT boxes.
+
+    Attributes:
+        path: the image file.
+        label: class index.
+        width, height: original image size in pixels.
+        boxes: (M, 4) float64 ``x0, y0, x1, y1`` in original pixels.
+        box_labels: (M,) int64 class of each box.
+        source: where the boxes came from (a file, or file:line), for error messages.
+    """
+
+    path: Path
+    label: int
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    box_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    source: str = ""
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header (PIL reads no pixels); a clear error for a missing/broken file."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable image ({exc}); re-download or remove it") from exc
+
+
+def clip_records(records: Sequence[BoxRecord], what: str) -> dict[str, int]:
+    """Clip every box to its image in place; drop boxes with no area left. Returns and logs the counts
+    ``{"boxes", "clipped", "dropped"}`` (``what`` names the dataset in the log line)."""
+    stats = {"boxes": 0, "clipped": 0, "dropped": 0}
+    for r in records:
+        if not len(r.boxes):
+            continue
+        b = np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)
+        lim = np.array([r.width, r.height, r.width, r.height], dtype=np.float64)
+        c = np.clip(b, 0, lim)
+        keep = (c[:, 2] > c[:, 0]) & (c[:, 3] > c[:, 1])
+        stats["boxes"] += len(b)
+        stats["clipped"] += int(((c != b).any(1) & keep).sum())
+        stats["dropped"] += int((~keep).sum())
+        r.boxes, r.box_labels = c[keep], np.asarray(r.box_labels, dtype=np.int64)[keep]
+    if stats["clipped"] or stats["dropped"]:
+        log.warning("%s: %d of %d boxes reached outside their image: %d clipped to the image edge, %d with no area "
+                    "inside it dropped", what, stats["clipped"] + stats["dropped"], stats["boxes"], stats["clipped"],
+                    stats["dropped"])
+    return stats
+
+
+class BoxDataset(Dataset):
+    """Images resized to ``image_size`` with their boxes (see the module docstring for the sample dict)."""
+
+    def __init__(self, records: Sequence[BoxRecord], image_size: tuple[int, int],
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.records = list(records)
+        self.transform = v2.Compose([v2.ToImage(), v2.Resize(tuple(image_size), antialias=True),
+                                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        with Image.open(r.path) as im:
+            img = im.convert("RGB")
+        if img.size != (r.width, r.height):
+            raise ValueError(f"{r.path}: the image is {img.size[0]}x{img.size[1]} but {r.source or 'its record'} "
+                             f"says {r.width}x{r.height}; the boxes would be misplaced. Fix the size record")
+        boxes = tv_tensors.BoundingBoxes(torch.as_tensor(r.boxes, dtype=torch.float32).reshape(-1, 4),
+                                         format="XYXY", canvas_size=(r.height, r.width))
+        img, boxes = self.transform(img, boxes)
+        return {"image": img, "label": int(r.label), "index": i, "boxes": boxes.as_subclass(torch.Tensor),
+                "box_labels": torch.as_tensor(r.box_labels, dtype=torch.int64).reshape(-1)}
+
+
+def collate_boxes(samples: Sequence[dict]) -> dict:
+    """Stack images and pad boxes to (B, M, 4) / box_labels to (B, M) with −1 (M = most boxes in the batch)."""
+    m = max((len(s["boxes"]) for s in samples), default=0)
+    boxes = torch.full((len(samples), m, 4), -1.0)
+    labels = torch.full((len(samples), m), -1, dtype=torch.int64)
+    for j, s in enumerate(samples):
+        boxes[j, : len(s["boxes"])] = s["boxes"]
+        labels[j, : len(s["box_labels"])] = s["box_labels"]
+    return {"image": torch.stack([s["image"] for s in samples]),
+            "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
+            "boxes": boxes, "box_labels": labels,
+            "num_boxes": torch.tensor([len(s["boxes"]) for s in samples], dtype=torch.int64)}
+
+
+def validate_common(name: str, image_size, batch_size: int, num_workers: int, on_missing: str) -> tuple[int, int]:
+    """Check the arguments every WSOL data module shares; returns image_size as (H, W)."""
+    size = (int(image_size), int(image_size)) if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 8:
+        raise ValueError(f"{name}: image_size must be an int or (height, width), each >= 8, got {image_size}")
+    if int(batch_size) < 1:
+        raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
+    if int(num_workers) < 0:
+        raise ValueError(f"{name}: num_workers must be >= 0, got {num_workers}")
+    if on_missing not in ("error", "skip"):
+        raise ValueError(f"{name}: on_missing must be 'error' or 'skip', got {on_missing!r}")
+    return size
+
+
+class WSOLDataModule(LightningDataModule):
+    """Shell: subclasses implement ``read_split(split) -> list[BoxRecord]`` and set ``self.classes``.
+
+    ``train_dataloader`` serves the training split (shuffled), ``val/test/predict_dataloader`` the evaluation
+    split, in file order. ``self.stats[split]`` holds the clipping counts and ``skipped_images``.
+    """
+
+    train_split = "train"
+    eval_split = "val"
+
+    def __init__(self, root: str, image_size: int | tuple[int, int] = 224, batch_size: int = 32,
+                 num_workers: int = 0, on_missing: str = "error", mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.image_size = validate_common(type(self).__name__, image_size, batch_size, num_workers, on_missing)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{type(self).__name__}: root {self.root} is not a directory")
+        self.batch_size, self.num_workers, self.on_missing = int(batch_size), int(num_workers), on_missing
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.classes: list[str] = []
+        self.stats: dict[str, dict[str, int]] = {}
+        self._data: dict[str, BoxDataset] = {}
+
+    def read_split(self, split: str) -> list[BoxRecord]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def table(self, path: Path, ncols: int, fix: str) -> list[tuple[int, list[str]]]:
+        """(line number, fields) of a whitespace-separated file with ``ncols`` fields per non-empty line."""
+        if not path.is_file():
+            raise FileNotFoundError(f"{type(self).__name__}: {path} not found. {fix}")
+        out = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            f = line.split(maxsplit=ncols - 1) if ncols == 2 else line.split()
+            if len(f) != ncols:
+                raise ValueError(f"{path}:{lineno}: expected {ncols} fields, got {len(f)}: {line!r}")
+            out.append((lineno, f))
+        return out
+
+    def missing(self, split: str, what: list[str], fix: str) -> int:
+        """Apply ``on_missing`` to missing files: raise naming them, or log and count them in
+        ``stats[split]["skipped_images"]``; returns the count."""
+        self.stats.setdefault(split, {})["skipped_images"] = len(what)
+        if not what:
+            return 0
+        shown = ", ".join(what[:5]) + (" ..." if len(what) > 5 else "")
+        if self.on_missing == "error":
+            raise FileNotFoundError(f"{type(self).__name__}: {len(what)} missing file(s): {shown}. {fix} "
+                                    "(or set on_missing='skip' to leave them out, counted)")
+        log.warning("%s: skipping %d missing file(s): %s", type(self).__name__, len(what), shown)
+        return len(what)
+
+    def dataset(self, split: str) -> BoxDataset:
+        if split not in self._data:
+            records = self.read_split(split)
+            skipped = self.stats.get(split, {}).get("skipped_images", 0)
+            self.stats[split] = {**clip_records(records, f"{type(self).__name__} {split}"), "skipped_images": skipped}
+            self._data[split] = BoxDataset(records, self.image_size, self.mean, self.std)
+        return self._data[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.dataset(self.train_split)
+        self.dataset(self.eval_split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, collate_fn=collate_boxes)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_split, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_split, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_split, False)
