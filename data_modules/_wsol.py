@@ -36,7 +36,7 @@ from torchvision.transforms import v2
 log = logging.getLogger(__name__)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BoxRecord", "clip_records", "BoxDataset", "collate_boxes",
-           "WSOLDataModule", "image_size_of", "validate_common"]
+           "WSOLDataModule", "image_size_of", "validate_common", "parse_voc_xml"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -234,3 +234,46 @@ class WSOLDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.eval_split, False)
+
+
+def parse_voc_xml(path: Path) -> tuple[int, int, list[tuple[str, bool, float, float, float, float]]]:
+    """Read a Pascal-VOC-style annotation (VOC and ILSVRC share it): ``annotation/size/{width,height}`` and
+    ``annotation/object/{name, difficult, bndbox/{xmin,ymin,xmax,ymax}}``.
+
+    Returns:
+        (width, height, [(name, difficult, xmin, ymin, xmax, ymax) per object]) with the raw file numbers.
+
+    Raises:
+        ValueError naming the file and the missing element when the XML is broken or incomplete.
+    """
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise ValueError(f"{path}: not valid XML ({exc}); re-extract the annotations") from exc
+
+    def num(node, tag: str, where: str) -> float:
+        el = node.find(tag)
+        try:
+            return float(el.text)
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"{path}: {where}/{tag} is missing or not a number") from None
+
+    size = root.find("size")
+    if size is None:
+        raise ValueError(f"{path}: no <size> element (annotation/size/width, height)")
+    width, height = int(num(size, "width", "size")), int(num(size, "height", "size"))
+    objects = []
+    for k, obj in enumerate(root.findall("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise ValueError(f"{path}: object {k} has no <name>")
+        box = obj.find("bndbox")
+        if box is None:
+            raise ValueError(f"{path}: object {k} ({name}) has no <bndbox>")
+        where = f"object[{k}]/bndbox"
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        objects.append((name, difficult, num(box, "xmin", where), num(box, "ymin", where), num(box, "xmax", where),
+                        num(box, "ymax", where)))
+    return width, height, objects
