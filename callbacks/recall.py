@@ -1,7 +1,7 @@
 """FilterRecall: recall@k of LaViSE filter explanations, with a frequency and a random-word baseline.
 
-After the predict loop (``on_predict_end``, once :class:`~lit_explain.methods.lavise.LaViSE` has built its
-:class:`~lit_explain.methods.lavise_filters.FilterExplanations`), each rank feeds the (filter, image) pairs it
+After the predict loop (``on_predict_end``, once :class:`~lit_explain.methods.lavise.LaViSE` has handed forward its
+result, whose ``data`` is the :class:`~lit_explain.methods.lavise_filters.FilterExplanations`), each rank feeds the (filter, image) pairs it
 computed into three :class:`~lit_explain.metrics.recall.RecallAtK` metrics and ``compute()`` sums them over ranks,
 so 1 and N processes report the same numbers:
 
@@ -26,7 +26,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from callbacks import register_default_callbacks
 from lit_explain.atomic import atomic_write_json
+from lit_explain.methods.lavise import LaViSE
 from lit_explain.metrics.recall import RecallAtK
 
 __all__ = ["FilterRecall", "random_word_labels"]
@@ -80,7 +82,8 @@ class FilterRecall(Callback):
         self.results = {}
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        ex = getattr(pl_module, "explanations", None)
+        result = getattr(pl_module, "result", None)
+        ex = getattr(result, "data", None)
         if ex is None:
             return
         ks = self._ks(pl_module)
@@ -121,3 +124,6 @@ class FilterRecall(Callback):
                     for key, value in r.items():
                         if key.startswith("recall") and not math.isnan(value):
                             logger.experiment.add_scalar(f"recall/{name}/{key}", value, 0)
+
+
+register_default_callbacks(LaViSE, FilterRecall)

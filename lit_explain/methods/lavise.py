@@ -4,12 +4,14 @@
 ``predict`` names each filter of the explained layer with the words its attention-weighted features map to. Spec:
 ``shared/docs/lavise.md``. The pieces:
 
-* network and head: :mod:`lit_explain.models.explainer_head` (frozen backbone cut at ``layer_target`` keeping
-  the network's own pooling, head width from a dummy forward so ``layer3`` works);
-* tensor math: :mod:`lit_explain.methods.lavise_ops` (loss, attention, top-k, word ranking);
-* the predict pass: :mod:`lit_explain.methods.lavise_filters`;
-* metrics and outputs: :class:`callbacks.recall.FilterRecall` (recall@k with baselines) and
-  :class:`callbacks.lavise_writer.LaViSEWriter` (tables, pictures, TensorBoard), added automatically in predict.
+* the shared base :class:`~lit_explain.methods.base.LayerMethod`: model, layer, units, the activation store
+  (the predict pass captures the layer into it), exact thresholds and top images from the stored maxima;
+* network and head: :mod:`lit_explain.models.explainer_head` (frozen backbone cut at ``layer`` keeping the
+  network's own pooling, head width from a dummy forward so ``layer3`` works);
+* tensor math: :mod:`lit_explain.methods.lavise_ops` (loss, attention, word ranking);
+* the per-(filter, image) results and their tables: :mod:`lit_explain.methods.lavise_filters`;
+* outputs: the result (:class:`~lit_explain.results.MethodResult`: ``filters`` and ``pairs`` tables, pictures) goes
+  to the CLI's result writer, and the recall@k callback (with baselines) reads its ``data``.
 
 Data: any data module of the LaViSE contract (``data_modules._instances.InstanceDataModule``): ``label_names``,
 ``seen``, ``augment``, instance batches for fit, image batches for predict.
@@ -24,10 +26,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_explain.methods.lavise_filters import FilterExplanations, FilterStatistics
+from lit_explain import distributed
+from lit_explain.methods.base import LayerMethod, check_tail_fraction
+from lit_explain.methods.lavise_filters import FilterExplanations, filter_pictures, filter_rows, pair_rows
 from lit_explain.methods.lavise_ops import (
     ATTENTION_MODES,
     cosine_hinge_rank_loss,
@@ -38,6 +41,7 @@ from lit_explain.methods.lavise_ops import (
 from lit_explain.metrics.functional.recall import iou_ground_truth
 from lit_explain.metrics.recall import RecallAtK
 from lit_explain.models.explainer_head import CutBackbone, ExplainerHead
+from lit_explain.results import MethodResult
 from lit_explain.text.encoders import TextEncoder
 
 __all__ = ["LaViSE", "RUN_OPTIONS"]
@@ -47,11 +51,12 @@ log = logging.getLogger(__name__)
 #: Arguments that describe a run (what to explain, how, where to write), not the trained explainer. They are left
 #: out of checkpoints' hyper-parameters, so ``predict --ckpt_path ...`` takes them from the command line and config
 #: (LightningCLI otherwise lets a checkpoint's hyper-parameters override the config).
-RUN_OPTIONS = ("cache_features", "cache_max_gb", "ks", "units", "top_images", "top_words", "num_words", "attention",
-               "word_source", "relevance_weighting", "quantile", "iou_threshold", "explain_batch_size", "output_dir")
+RUN_OPTIONS = ("cache_features", "cache_max_gb", "ks", "units", "random_units", "top_images", "top_words", "num_words",
+               "attention", "word_source", "relevance_weighting", "quantile", "activation_dtype", "iou_threshold",
+               "explain_batch_size", "cache_dir", "output_dir", "seed")
 
 
-class LaViSE(LightningModule):
+class LaViSE(LayerMethod):
     """The LaViSE explainer: trained with ``fit``, explains filters with ``predict``.
 
     **Fit.** For each training instance (an object with its mask and category words) the input is
@@ -63,9 +68,10 @@ class LaViSE(LightningModule):
     features are cached per training/validation sample in memory, so every epoch after the first skips the
     backbone (``cache_features``).
 
-    **Predict.** Over the data module's image samples (the reference set): per filter the top ``top_images``
-    images by max activation and the threshold ``T_u`` = the ``quantile`` (0.995) of all its activations, in one
-    streaming pass (exact; DDP-exact). Then for each (filter, top image) pair with a positive max activation:
+    **Predict.** Over the data module's image samples (the reference set), the layer's activations are captured
+    into the activation store (the shared base); per filter the top ``top_images`` images by max activation and
+    the threshold ``T_u`` above which the top ``quantile`` (0.005) of all its activations lie, exactly, from the
+    stored values. Then for each (filter, top image) pair with a positive max activation:
     the explainer input by ``attention`` (below), the top words by cosine similarity over the word vocabulary,
     and the ground-truth categories (annotations with IoU > ``iou_threshold`` with ``upsample(F_u) > T_u``).
     Each filter's words are ranked by frequency over its images (optionally weighted by the image's max
@@ -90,7 +96,7 @@ class LaViSE(LightningModule):
             ``python:<module>:<factory>``, a file).
         weights: ``none``, ``default`` (library weights from the local cache) or a checkpoint path.
         model_kwargs: extra keyword arguments of the model factory (e.g. ``num_classes``).
-        layer_target: dotted name of the explained layer (``layer4``, ``layer3``, ``features``).
+        layer: dotted name of the explained layer (``layer4``, ``layer3``, ``features``).
         layer_classifier: top-level classification module the head replaces (``fc``, ``classifier``).
         text_encoder: the word-embedding space (``GloveEncoder``, ``SentenceTransformerEncoder``,
             ``OpenClipEncoder``; class_path configurable).
@@ -112,7 +118,8 @@ class LaViSE(LightningModule):
             always (an error if the data augments); False = never.
         cache_max_gb: largest in-memory feature cache (float16) allowed per split and process.
         ks: the recall@k cut-offs (validation and predict).
-        units: filters (channels of ``layer_target``) to explain; None = all.
+        units: filters (channels of ``layer``) to explain; None = all (or ``random_units``).
+        random_units: when > 0 and ``units`` is None, explain this many filters drawn with ``seed``.
         top_images: p, top images per filter (25 in the authors' code; the paper: 5-25 work).
         top_words: s, words taken per image for the explanation (5).
         num_words: x, words in a filter's explanation (10).
@@ -123,10 +130,15 @@ class LaViSE(LightningModule):
             word-list file (one word or phrase per line). Words without an embedding are skipped with a warning.
         relevance_weighting: weight each image's words by its max activation when ranking (the authors' code
             always repeated them ``int(max)`` times; the reproduction made it optional). Default: plain frequency.
-        quantile: the threshold quantile, 0.995 (``P(a > T_u) = 0.005``).
+        quantile: upper-tail fraction of the threshold, in (0, 0.5): 0.005 gives ``P(a > T_u) = 0.005`` (the
+            99.5th percentile; the MLRC reproduction's 0.5th-percentile bug cannot be expressed).
+        activation_dtype: storage dtype of the activation cache; float32 by default because the attention maps of
+            the top images are computed in float32 and must be cut by thresholds of the same values.
         iou_threshold: ground-truth IoU threshold of recall@k (0.04).
         explain_batch_size: images (and pairs) per forward when explaining filters.
+        cache_dir: folder of the activation cache.
         output_dir: where the predict callbacks write tables, pictures and recall.
+        seed: seed of ``random_units``.
     """
 
     def __init__(
@@ -134,7 +146,7 @@ class LaViSE(LightningModule):
         model: str = "torchvision:resnet18",
         weights: str = "none",
         model_kwargs: dict[str, Any] | None = None,
-        layer_target: str = "layer4",
+        layer: str = "layer4",
         layer_classifier: str = "fc",
         text_encoder: TextEncoder | None = None,
         input_size: int = 224,
@@ -150,18 +162,24 @@ class LaViSE(LightningModule):
         cache_max_gb: float = 4.0,
         ks: list[int] = [5, 10, 20],  # noqa: B006 - shown as the CLI default
         units: list[int] | None = None,
+        random_units: int = 0,
         top_images: int = 25,
         top_words: int = 5,
         num_words: int = 10,
         attention: Literal["attention_code", "attention_paper", "activation", "image", "original"] = "attention_code",
         word_source: str = "labels",
         relevance_weighting: bool = False,
-        quantile: float = 0.995,
+        quantile: float = 0.005,
+        activation_dtype: str = "float32",
         iou_threshold: float = 0.04,
         explain_batch_size: int = 64,
+        cache_dir: str = "cache",
         output_dir: str = "outputs/lavise",
+        seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(model, layer, weights=weights, model_kwargs=model_kwargs, units=units,
+                         random_units=random_units, quantile=quantile, activation_dtype=activation_dtype,
+                         cache_dir=cache_dir, output_dir=output_dir, top_images=top_images, seed=seed)
         self.save_hyperparameters()
         if not isinstance(self.hparams.get("text_encoder"), (dict, type(None))):
             # plain-Python construction: keep the object out of hparams.yaml / checkpoints (it may hold a model);
@@ -172,24 +190,37 @@ class LaViSE(LightningModule):
                              "SentenceTransformerEncoder, or GloveEncoder with path: <glove.6B.300d.txt>)")
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
-        if not 0.5 < quantile < 1.0:
-            raise ValueError(f"quantile must be the upper tail in (0.5, 1): 0.995 gives P(a > T) = 0.005 "
-                             f"(got {quantile}; 0.005 would be the reproduction's 0.5th-percentile bug)")
+        check_tail_fraction(quantile)
         if mask_resize not in ("area", "nearest", "bilinear"):
             raise ValueError(f"mask_resize must be 'area', 'nearest' or 'bilinear', got {mask_resize!r}")
         if not ks or min(ks) < 1:
             raise ValueError(f"ks must be positive integers, got {ks}")
+        for name, value, low in (("top_words", top_words, 1), ("num_words", num_words, 1),
+                                 ("explain_batch_size", explain_batch_size, 1), ("input_size", input_size, 1),
+                                 ("plateau_patience", plateau_patience, 0)):
+            if int(value) < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        for name, value in (("margin", margin), ("lr", lr), ("cache_max_gb", cache_max_gb)):
+            if not float(value) > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if float(weight_decay) < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        for name, value in (("dropout", dropout), ("iou_threshold", iou_threshold)):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if not 0.0 < float(plateau_factor) < 1.0:
+            raise ValueError(f"plateau_factor must be in (0, 1), got {plateau_factor}")
         from lit_explain.models.loading import load_model
 
         self.text_encoder = text_encoder
         net = load_model(model, weights=weights, **(model_kwargs or {}))
-        self.backbone = CutBackbone(net, layer_target, layer_classifier)
+        self.backbone = CutBackbone(net, layer, layer_classifier)
         (self.num_channels, *grid), in_dim = self.backbone.shapes(input_size)
         self.head = ExplainerHead(in_dim, text_encoder.dim, dropout=dropout, bn_eval=head_bn_eval)
         if units is not None:
             bad = [u for u in units if not 0 <= int(u) < self.num_channels]
             if bad:
-                raise ValueError(f"units {bad[:10]} are not channels of {layer_target} (0..{self.num_channels - 1})")
+                raise ValueError(f"units {bad[:10]} are not channels of {layer} (0..{self.num_channels - 1})")
         # label embeddings of the training vocabulary: sized in setup() from the data module (or the checkpoint)
         self.register_buffer("label_emb", torch.zeros(0, text_encoder.dim))
         self.register_buffer("label_seen", torch.zeros(0, dtype=torch.bool))
@@ -197,7 +228,13 @@ class LaViSE(LightningModule):
         self.val_recall = RecallAtK(ks)
         self.explanations: FilterExplanations | None = None
         self._caches: dict[str, _FeatureCache | None] = {}
-        self._stats: FilterStatistics | None = None
+
+    # ------------------------------------------------------------------ the shared base's network and features
+    def network(self) -> torch.nn.Module:
+        return self.backbone.model
+
+    def features(self):
+        return self.backbone.features
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -248,14 +285,6 @@ class LaViSE(LightningModule):
             if stored is not None and stored.shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def configure_callbacks(self):
-        """In predict/test, add the recall@k and writer callbacks unless the trainer already has them."""
-        from callbacks.lavise_writer import LaViSEWriter
-        from callbacks.recall import FilterRecall
-
-        have = {type(c) for c in (self.trainer.callbacks if self._trainer is not None else [])}
-        return [cb() for cb in (FilterRecall, LaViSEWriter) if not any(issubclass(h, cb) for h in have)]
 
     # ------------------------------------------------------------------ fit
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
@@ -350,19 +379,19 @@ class LaViSE(LightningModule):
         # strict=False: runs without validation (limit_val_batches=0) only warn that val/loss is missing
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "strict": False}}
 
-    # ------------------------------------------------------------------ predict: streaming pass
-    def on_predict_epoch_start(self) -> None:
-        hp = self.hparams
+    # ------------------------------------------------------------------ predict: capture into the store
+    def on_predict_start(self) -> None:
+        super().on_predict_start()  # the activation store: cached entry, or a writer for this run's capture
         names, _ = self._dm_labels
         loader = self.trainer.predict_dataloaders
         if isinstance(loader, (list, tuple)):
             loader = loader[0]
         self._predict_dataset = loader.dataset
         self._predict_collate = loader.collate_fn
-        units = torch.arange(self.num_channels) if hp.units is None else torch.as_tensor(hp.units, dtype=torch.int64)
-        self._stats = FilterStatistics(units, hp.top_images, len(self._predict_dataset), hp.quantile, len(names))
         self._vocab, self._vocab_emb = self._word_vocabulary(names)
+        self._label_images = torch.zeros(len(names), dtype=torch.int64)
         self.explanations = None
+        self.result = None
 
     def _word_vocabulary(self, label_names: list[str]) -> tuple[list[str], torch.Tensor]:
         src = self.hparams.word_source
@@ -397,35 +426,37 @@ class LaViSE(LightningModule):
         return words, emb.float().to(self.device)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        with torch.no_grad():
-            feats = self.backbone.features(batch["image"])
-        self._stats.update(feats, batch["index"], batch.get("mask_labels"))
+        """The base captures the layer into the store; here the reference images of each category are counted
+        (the frequency baseline of recall@k)."""
+        super().predict_step(batch, batch_idx)
+        labels = batch.get("mask_labels")
+        if labels is not None:
+            lab = labels.cpu()
+            k = len(self._label_images)
+            present = torch.zeros(lab.shape[0], k + 1, dtype=torch.bool)
+            present.scatter_(1, torch.where(lab >= 0, lab, torch.full_like(lab, k)), True)
+            self._label_images += present[:, :k].sum(0)
         return None
-
-    def _gather(self, t: torch.Tensor) -> torch.Tensor:
-        """(W, *t.shape) over ranks; bool tensors travel as uint8 (gloo has no bool)."""
-        if self.trainer.world_size == 1:
-            return t[None]
-        is_bool = t.dtype == torch.bool
-        out = self.all_gather(t.to(torch.uint8) if is_bool else t).cpu()
-        return out.bool() if is_bool else out
 
     # ------------------------------------------------------------------ predict: explaining the pairs
     def on_predict_epoch_end(self) -> None:
+        super().on_predict_epoch_end()  # commits the store entry
         hp = self.hparams
         names, seen = self._dm_labels
-        top_values, top_index, thresholds, label_images, n_images = self._stats.merge(self._gather)
-        units = self._stats.units
+        units = self.select_units(self.entry.shape[1])
+        thresholds = self.unit_thresholds(units)
+        top_values, top_index = self.top_images(units, hp.top_images)
+        label_images = distributed.all_sum(self._label_images)
         n_units, p = top_index.shape
         valid = (top_index >= 0) & (top_values > 0)  # the authors skip images with max(F_u) <= 0
         images = torch.unique(top_index[valid])  # sorted
-        world, rank = self.trainer.world_size, self.trainer.global_rank
+        world, rank = distributed.world_size(), distributed.rank()
         owner = torch.full((n_units, p), -1, dtype=torch.int64)
         pos = torch.searchsorted(images, top_index.clamp(min=0))
         owner[valid] = pos[valid] % world
         s_max = max(hp.top_words, max(hp.ks))
         s_max = min(s_max, len(self._vocab))
-        grid = self._stats.grid or (1, 1)
+        grid = tuple(self.entry.shape[2:])
         words = torch.full((n_units, p, s_max), -1, dtype=torch.int64)
         scores = torch.zeros(n_units, p, s_max)
         gt = torch.zeros(n_units, p, len(names), dtype=torch.bool)
@@ -438,25 +469,40 @@ class LaViSE(LightningModule):
                 chunk = mine[start : start + hp.explain_batch_size]
                 self._explain_chunk(chunk, top_index, valid, units, thresholds, words, scores, gt, maps, len(names))
         self.train(was_training)
-        if world > 1:
+        if world > 1:  # each pair from the rank that computed it
             sel = owner.clamp(min=0)
             u_i = torch.arange(n_units)[:, None].expand(-1, p)
             j_i = torch.arange(p)[None, :].expand(n_units, -1)
-            words = self._gather(words)[sel, u_i, j_i]
-            scores = self._gather(scores)[sel, u_i, j_i]
-            gt = self._gather(gt)[sel, u_i, j_i]
-            maps = self._gather(maps)[sel, u_i, j_i]
+            words = distributed.all_gather(words)[sel, u_i, j_i]
+            scores = distributed.all_gather(scores)[sel, u_i, j_i]
+            gt = distributed.all_gather(gt)[sel, u_i, j_i]
+            maps = distributed.all_gather(maps)[sel, u_i, j_i]
         weights = top_values.clamp(min=0) if hp.relevance_weighting else torch.ones_like(top_values)
         k_rank = min(hp.top_words, s_max)
         ranked = rank_words(words[..., :k_rank], scores[..., :k_rank], valid, weights, len(self._vocab), hp.num_words)
         lowered = {n.strip().lower(): i for i, n in enumerate(names)}
         word_labels = torch.tensor([lowered.get(w.strip().lower(), -1) for w in self._vocab], dtype=torch.int64)
-        self.explanations = FilterExplanations(
+        ex = self.explanations = FilterExplanations(
             units=units, thresholds=thresholds, top_index=top_index, top_values=top_values, valid=valid, owner=owner,
             words=words, word_scores=scores, ground_truth=gt, maps=maps, ranked=ranked, vocabulary=list(self._vocab),
             word_labels=word_labels, label_names=list(names), seen=seen.clone(), label_images=label_images,
-            num_images=n_images, attention=hp.attention, quantile=hp.quantile,
-            extra={"train_label_names": list(self.label_names), "layer": hp.layer_target, "model": hp.model},
+            num_images=self.num_images, attention=hp.attention, quantile=hp.quantile,
+            extra={"train_label_names": list(self.label_names), "layer": hp.layer, "model": hp.model},
+        )
+        rows = filter_rows(ex)
+        meta = {**self.run_meta(), "attention": hp.attention, "quantile": hp.quantile, "word_source": hp.word_source,
+                "top_images": p, "top_words": hp.top_words, "relevance_weighting": hp.relevance_weighting,
+                "labels": [{"name": n, "seen": bool(s)} for n, s in zip(names, seen.tolist())],
+                "train_labels": list(self.label_names)}
+        lines = ["| filter | rank | word | score | seen |", "|---|---|---|---|---|"]
+        lines += [f"| {r['filter']} | {r['rank']} | {r['word']} | {r['score']:.3f} | {r['seen']} |" for r in rows[:500]]
+        self.result = MethodResult(
+            tables={"filters": rows, "pairs": pair_rows(ex, hp.top_words)},
+            meta=meta,
+            pictures=filter_pictures(ex, self._predict_dataset),
+            summary=f"LaViSE: explained {n_units} filters of {hp.layer}; results: {hp.output_dir}/filters.csv",
+            markdown={"lavise/filters": "\n".join(lines)},
+            data=ex,
         )
 
     def _explain_chunk(self, chunk, top_index, valid, units, thresholds, words, scores, gt, maps, num_labels) -> None:

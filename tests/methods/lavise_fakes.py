@@ -147,6 +147,13 @@ class _Images(Dataset):
     def __len__(self):
         return len(self.scenes)
 
+    def fingerprint(self) -> str:
+        """Content key for the activation cache: the images are rendered from these parameters alone."""
+        import hashlib
+
+        scenes = hashlib.sha256(repr(self.scenes).encode()).hexdigest()[:16]
+        return f"color-squares:{self.seed}:{self.size}:{self.num_colors}:{scenes}"
+
     def __getitem__(self, k):
         img, masks, labels = render_scene(self.scenes[k], self.seed, self.size, self.num_colors)
         return {"image": img, "masks": masks, "mask_labels": labels, "index": k}

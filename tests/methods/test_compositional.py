@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
+from callbacks import default_callbacks
+
 from data_modules.broden import BrodenDataModule
 from lit_explain.activations.clusters import activation_ranges
 from lit_explain.concepts.formulas import parse
@@ -45,7 +47,7 @@ def _run(root: Path, out: str = "out", devices: int = 1, cls=CompositionalExplan
     method = cls(model=MODEL, layer="features", output_dir=str(root / out), cache_dir=str(root / "cache"), **kw)
     extra = dict(strategy="ddp_spawn") if devices > 1 else {}
     Trainer(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False, enable_model_summary=False,
-            callbacks=list(callbacks), **extra).predict(method, datamodule=dm, return_predictions=False)
+            callbacks=[*callbacks, *default_callbacks(method, callbacks)], **extra).predict(method, datamodule=dm, return_predictions=False)
     return root / out
 
 

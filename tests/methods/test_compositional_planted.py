@@ -15,6 +15,8 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from callbacks import default_callbacks
+
 from data_modules.broden import BrodenDataModule
 from lit_explain.methods.compositional import CompositionalExplanations
 from lit_explain.synth.world import generate_world
@@ -35,7 +37,7 @@ def _explain(world, tmp_path, units, **kw):
             model_kwargs={"world_root": str(world), "units": units, "stride": 2}, layer="features",
             output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), num_pictures=0, **kw)
         Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                enable_model_summary=False).predict(method, datamodule=dm, return_predictions=False)
+                enable_model_summary=False, callbacks=default_callbacks(method)).predict(method, datamodule=dm, return_predictions=False)
     finally:
         torch.set_num_threads(n)
     return json.loads((tmp_path / "out" / "explanations.json").read_text())["rows"]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer, seed_everything
 
+from callbacks import default_callbacks
 from callbacks.recall import FilterRecall
 from lit_explain.methods.lavise import LaViSE
 from lit_explain.models.explainer_head import CutBackbone
@@ -33,7 +34,7 @@ def _one_thread():
 
 
 def make_module(**kw) -> LaViSE:
-    args = dict(model=COLOR_NET, layer_target="layer1", layer_classifier="fc", text_encoder=HashEncoder(32),
+    args = dict(model=COLOR_NET, layer="layer1", layer_classifier="fc", text_encoder=HashEncoder(32),
                 input_size=32, lr=3e-3, top_images=6, ks=[1, 5, 10])
     args.update(kw)
     return LaViSE(**args)
@@ -43,6 +44,7 @@ def make_trainer(tmp_path=None, **kw) -> Trainer:
     args = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1)
     args.update(kw)
+    args["callbacks"] = [*args.get("callbacks", []), *default_callbacks(LaViSE, args.get("callbacks", []))]
     return Trainer(**args)
 
 
@@ -78,9 +80,9 @@ def test_cut_backbone_bad_names():
 
 
 def test_head_width_for_a_layer_wider_than_the_classifier_input():
-    m = make_module(layer_target="layer1")  # 12 channels
+    m = make_module(layer="layer1")  # 12 channels
     assert m.head.net[0].num_features == 12 and m.head.net[-1].out_features == 32
-    m2 = make_module(layer_target="layer2")  # 24 channels
+    m2 = make_module(layer="layer2")  # 24 channels
     assert m2.head.net[0].num_features == 24
 
 
@@ -268,7 +270,7 @@ def test_outputs_written(trained):
 def test_predict_from_checkpoint_matches_and_is_deterministic(trained, tmp_path):
     m0, dm = trained["module"], trained["dm"]
     hparams = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)["hyper_parameters"]
-    assert hparams["layer_target"] == "layer1" and "units" not in hparams and "attention" not in hparams
+    assert hparams["layer"] == "layer1" and "units" not in hparams and "attention" not in hparams
     m = LaViSE.load_from_checkpoint(trained["ckpt"], text_encoder=HashEncoder(32), output_dir=str(tmp_path),
                                     attention="attention_paper", top_images=6, ks=[1, 5, 10])
     assert m.label_names == [f"color{c}" for c in range(12)]
@@ -323,8 +325,8 @@ def test_word_list_vocabulary_with_unknown_words(trained, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_inputs(tmp_path):
-    with pytest.raises(ValueError, match="0.5th-percentile"):
-        make_module(quantile=0.005)
+    with pytest.raises(ValueError, match="looks like a quantile level.*use 0.005"):
+        make_module(quantile=0.995)  # the other convention: would mark almost every location active
     with pytest.raises(ValueError, match="attention"):
         make_module(attention="projection")
     with pytest.raises(ValueError, match="channels"):

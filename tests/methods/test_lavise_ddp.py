@@ -9,6 +9,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
+from callbacks import default_callbacks
+from lit_explain.methods.lavise import LaViSE
+
 from tests.methods.lavise_fakes import ColorSquares, HashEncoder
 
 COLOR_NET = "python:tests.methods.lavise_fakes:color_net"
@@ -17,7 +20,7 @@ COLOR_NET = "python:tests.methods.lavise_fakes:color_net"
 def _module(**kw):
     from lit_explain.methods.lavise import LaViSE
 
-    args = dict(model=COLOR_NET, layer_target="layer1", layer_classifier="fc", text_encoder=HashEncoder(32),
+    args = dict(model=COLOR_NET, layer="layer1", layer_classifier="fc", text_encoder=HashEncoder(32),
                 input_size=32, lr=3e-3, top_images=5, ks=[1, 5, 10])
     args.update(kw)
     return LaViSE(**args)
@@ -27,6 +30,7 @@ def _trainer(**kw) -> Trainer:
     args = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                 num_sanity_val_steps=0, accelerator="cpu")
     args.update(kw)
+    args["callbacks"] = [*args.get("callbacks", []), *default_callbacks(LaViSE, args.get("callbacks", []))]
     return Trainer(**args)
 
 

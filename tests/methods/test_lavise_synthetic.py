@@ -17,6 +17,9 @@ import torch
 import yaml
 from lightning.pytorch import Trainer, seed_everything
 
+from callbacks import default_callbacks
+from lit_explain.methods.lavise import LaViSE
+
 ROOT = Path(__file__).resolve().parents[2]
 COLORS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 
@@ -42,6 +45,7 @@ def _trainer(**kw) -> Trainer:
     args = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                 num_sanity_val_steps=0, accelerator="cpu", devices=1)
     args.update(kw)
+    args["callbacks"] = [*args.get("callbacks", []), *default_callbacks(LaViSE, args.get("callbacks", []))]
     return Trainer(**args)
 
 
@@ -53,7 +57,7 @@ def test_planted_colour_filters_are_named(world, encoder):
     dm, base = world
     torch.set_num_threads(1)
     seed_everything(0)
-    m = LaViSE(model="python:lit_explain.synth.planted:planted_model", layer_target="features",
+    m = LaViSE(model="python:lit_explain.synth.planted:planted_model", layer="features",
                layer_classifier="fc", text_encoder=encoder, input_size=64, lr=3e-3, top_images=10, ks=[1, 5, 10],
                units=list(range(8)), output_dir=str(base / "out"))
     _trainer(max_epochs=8).fit(m, dm)
@@ -106,6 +110,6 @@ def test_shipped_synthetic_config_fit_then_predict(world, tmp_path, monkeypatch)
     recall = json.loads((out / "recall.json").read_text())
     assert set(recall["results"]) == {"lavise", "frequency", "random"}
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["model"]["init_args"]["layer_target"] == "layer4"
+    assert saved["model"]["init_args"]["layer"] == "layer4"
     assert list((out / "filters").glob("filter_*.png"))
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))

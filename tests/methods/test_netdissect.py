@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
+from callbacks import default_callbacks
+
 from data_modules.broden import BrodenDataModule
 from lit_explain.methods.netdissect import NetDissect
 from lit_explain.results import read_csv
@@ -23,7 +25,7 @@ def _run(tmp_path: Path, devices: int = 1, out: str = "out", **method_kwargs) ->
                         cache_dir=str(tmp_path / "cache"), num_pictures=2, top_images=3, **method_kwargs)
     kw = dict(strategy="ddp_spawn") if devices > 1 else {}
     trainer = Trainer(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, **kw)
+                      enable_model_summary=False, callbacks=default_callbacks(method), **kw)
     trainer.predict(method, datamodule=dm, return_predictions=False)
     return tmp_path / out
 
@@ -92,8 +94,8 @@ def test_wrong_layer_name_lists_valid_names(miniature):
     with pytest.raises(ValueError, match="features"):
         dm = BrodenDataModule(root=str(miniature / "broden"), cache_dir=str(miniature / "cache"))
         method = NetDissect(model=MODEL, layer="featurs", output_dir=str(miniature / "o"), cache_dir=str(miniature / "cache"))
-        Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).predict(
-            method, datamodule=dm, return_predictions=False)
+        Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                callbacks=default_callbacks(method)).predict(method, datamodule=dm, return_predictions=False)
     assert not list((miniature / "cache").glob("activations/*"))
 
 
@@ -128,7 +130,7 @@ def test_interrupted_run_resumes_to_the_same_table(miniature):
     cache = miniature / "cache2"
     dm = BrodenDataModule(root=str(miniature / "broden"), batch_size=3, cache_dir=str(cache))
     method = NetDissect(model=MODEL, layer="features", output_dir=str(miniature / "x"), cache_dir=str(cache))
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[_CrashAfter(2)])
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[_CrashAfter(2), *default_callbacks(method)])
     with pytest.raises(_Crash):
         trainer.predict(method, datamodule=dm, return_predictions=False)
     assert not (miniature / "x" / "explanations.csv").exists()
@@ -136,6 +138,6 @@ def test_interrupted_run_resumes_to_the_same_table(miniature):
     assert len(partial) == 1 and not [p for p in (cache / "activations").iterdir() if not p.name.endswith(".partial")]
     dm = BrodenDataModule(root=str(miniature / "broden"), batch_size=3, cache_dir=str(cache))
     method = NetDissect(model=MODEL, layer="features", output_dir=str(miniature / "x"), cache_dir=str(cache))
-    Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False).predict(
-        method, datamodule=dm, return_predictions=False)
+    Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+            callbacks=default_callbacks(method)).predict(method, datamodule=dm, return_predictions=False)
     assert (miniature / "x" / "explanations.csv").read_bytes() == clean

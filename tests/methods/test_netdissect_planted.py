@@ -9,6 +9,8 @@ coverage: colours ~2-10 % of pixels, parts more, scenes (image-level) about 1/6 
 import pytest
 from lightning.pytorch import Trainer
 
+from callbacks import default_callbacks
+
 from data_modules.broden import BrodenDataModule
 from lit_explain.methods.netdissect import NetDissect
 from lit_explain.results import read_csv
@@ -30,7 +32,7 @@ def test_planted_units_are_named(world, tmp_path, units, quantile, stride):
                         quantile=quantile, output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
                         num_pictures=0)
     Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-            enable_model_summary=False).predict(method, datamodule=dm, return_predictions=False)
+            enable_model_summary=False, callbacks=default_callbacks(method)).predict(method, datamodule=dm, return_predictions=False)
     rows = read_csv(tmp_path / "out" / "explanations.csv")
     assert [r["label"] for r in rows] == units
     assert all(float(r["iou"]) > 0.3 for r in rows)

@@ -1,10 +1,10 @@
-"""The printed summary of ExplanationWriter: counts, per-category split and the null-baseline comparison."""
+"""The printed summary of a dissection table: counts, per-category split and the null-baseline comparison."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from callbacks.explanation_writer import ExplanationWriter
+from lit_explain.methods.dissection import summarize
 
 
 def _row(unit, label, cat, iou, **extra):
@@ -18,7 +18,7 @@ def test_summary_counts_and_null_baselines_hand_worked():
         _row(2, "", "", 0.00, null_shuffled_iou=0.00, null_random_iou=0.00),  # ties: does not beat
         _row(3, "sky", "scene", 0.07, null_shuffled_iou=0.03, null_random_iou=0.04),
     ]
-    text = ExplanationWriter.summarize(rows, Path("out"), threshold=0.04)
+    text = summarize(rows, Path("out"), threshold=0.04)
     lines = text.strip().splitlines()
     assert lines[0] == "3 of 4 explanations have IoU > 0.04 (color: 1, object: 1, scene: 1)"
     # means: IoU 0.42/4, shuffled 0.06/4, random 0.20/4; units 0 and 3 beat both baselines
@@ -31,7 +31,7 @@ def test_summary_counts_and_null_baselines_hand_worked():
 
 def test_summary_without_baselines_has_no_baseline_line():
     rows = [_row(0, "red", "color", 0.30), _row(1, "disk", "object", 0.01)]
-    lines = ExplanationWriter.summarize(rows, Path("o"), threshold=0.04).strip().splitlines()
+    lines = summarize(rows, Path("o"), threshold=0.04).strip().splitlines()
     assert lines[0] == "1 of 2 explanations have IoU > 0.04 (color: 1)"
     assert lines[1].split() == ["unit", "range", "label", "category", "IoU"]
     assert not any("baseline" in line for line in lines)
