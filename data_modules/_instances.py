@@ -1,6 +1,6 @@
 """Common base of the LaViSE-style data modules: object instances with masks and category words.
 
-LaViSE (lavise.md §4) trains on *instance samples* (one object region of one image, its mask and its
+LaViSE trains on *instance samples* (one object region of one image, its mask and its
 category words) and explains filters on *image samples* (one image with all its annotated regions, the
 ground truth of recall@k). Visual Genome (boxes), COCO (segmentations) and the synthetic world exported to
 either format all reduce to the same flat tables, :class:`InstanceTables`, which a subclass parses from its
@@ -16,7 +16,7 @@ Vocabulary of the tables:
   With ``union_per_category=True`` (the paper's VG preprocessing) a training unit is *all objects of one
   category in one image*, one-hot; with ``False`` a training unit is one object with all its categories.
 
-Batches (the LaViSE data contract, notes/lavise_api.md):
+Batches (the LaViSE data contract, which ``lit_explain.methods.lavise`` consumes):
 
 * train/val: ``{"image": (B,3,S,S) float normalised, "mask": (B,1,S,S) float in {0,1}, "target": (B,K) float
   multi-hot, "index": (B,) int64}``, image and mask transformed by ONE sampled parameter set (the
@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from lit_explain.datasets.checks import check_choice, check_int, check_real, check_triple
 from lit_explain.datasets.files import atomic_save_npz, file_digest, iter_json_array, load_npz_cache, load_rgb
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BoxMaskSource",
+    "box_geometry",
     "InstanceDataModule",
     "InstanceTables",
     "JointTransform",
@@ -96,9 +98,10 @@ class BoxMaskSource:
 
     The mask is built as an ``(height, width)`` array and indexed ``[y0:y1, x0:x1]``: rows are y. Both
     original codebases allocated ``zeros(pil_image.size)``, i.e. (W, H), and then indexed [y, x], which
-    transposes every non-square image (lavise.md §4); never again. Fractional boxes cover every pixel they
+    transposes every non-square image; never again. Fractional boxes cover every pixel they
     touch (floor of the start, ceil of the end); a box of zero width or height still covers one pixel; boxes
-    are clipped to the image.
+    are clipped to the image (:func:`box_geometry` gives the same pixel ranges for all boxes at once, so a reader
+    can drop the boxes that would be clipped to nothing before they get here).
     """
 
     def __init__(self, boxes: np.ndarray) -> None:
@@ -113,6 +116,29 @@ class BoxMaskSource:
         mask = np.zeros((height, width), dtype=bool)
         mask[y0:y1, x0:x1] = True
         return mask
+
+
+def box_geometry(boxes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> dict[str, np.ndarray]:
+    """Where (O, 4) ``x, y, w, h`` boxes fall relative to their (O,) image frames, vectorised.
+
+    The pixel range of a box is the one :class:`BoxMaskSource` paints before clipping: columns
+    ``floor(x) .. max(ceil(x + w), floor(x) + 1)`` (exclusive end), rows likewise.
+
+    Returns:
+        (O,) bool arrays: ``negative_size`` (w < 0 or h < 0, or a non-finite value: malformed),
+        ``outside_image`` (a well-formed box whose pixel range misses the image: its mask would be empty),
+        ``clipped`` (a well-formed box partly outside: its mask is cut at the image edge).
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    heights, widths = np.asarray(heights, dtype=np.float64), np.asarray(widths, dtype=np.float64)
+    x, y, w, h = b.T
+    malformed = ~np.isfinite(b).all(1) | (w < 0) | (h < 0)
+    with np.errstate(invalid="ignore"):
+        x0, y0 = np.floor(x), np.floor(y)
+        x1, y1 = np.maximum(np.ceil(x + w), x0 + 1), np.maximum(np.ceil(y + h), y0 + 1)
+        outside = ~malformed & ((x1 <= 0) | (y1 <= 0) | (x0 >= widths) | (y0 >= heights))
+        clipped = ~malformed & ~outside & ((x0 < 0) | (y0 < 0) | (x1 > widths) | (y1 > heights))
+    return {"negative_size": malformed, "outside_image": outside, "clipped": clipped}
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -520,6 +546,12 @@ class InstanceDataModule(LightningDataModule):
         predict_batch_size: images per predict/test batch (default ``batch_size``).
         num_workers: DataLoader workers.
         pin_memory: DataLoader pin_memory.
+        max_bad_annotation_fraction: largest share of annotations (boxes, polygons) that may be dropped for lying
+            wholly outside their image (or being malformed) before setup fails; default 0.01. Dropped and
+            clipped annotations are counted in the log and in :attr:`skipped_annotations` /
+            :attr:`clipped_annotations` whatever the share. A release with consistent files drops almost none
+            (a few stray boxes); a share of a percent or more means the annotation file does not belong to the
+            image list (another release, swapped width/height), whose masks would all be wrong.
     """
 
     def __init__(
@@ -541,12 +573,21 @@ class InstanceDataModule(LightningDataModule):
         predict_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        max_bad_annotation_fraction: float = 0.01,
     ) -> None:
         super().__init__()
-        if not 0.0 < seen_fraction <= 1.0:
-            raise ValueError(f"seen_fraction must be in (0, 1], got {seen_fraction}")
-        if predict_split not in ("val", "train", "all"):
-            raise ValueError(f"predict_split must be 'val', 'train' or 'all', got {predict_split!r}")
+        owner = type(self).__name__
+        image_size = check_int(owner, "image_size", image_size, low=1)
+        resize_size = check_int(owner, "resize_size", resize_size, low=1, optional=True)
+        scale_min = check_real(owner, "scale_min", scale_min, 0.0, 1.0, low_open=True)
+        check_choice(owner, "interpolation", interpolation, sorted(_INTERP))
+        mean, std = check_triple(owner, "mean", mean), check_triple(owner, "std", std, positive=True)
+        check_real(owner, "seen_fraction", seen_fraction, 0.0, 1.0, low_open=True)
+        check_int(owner, "split_seed", split_seed, low=0)
+        check_choice(owner, "predict_split", predict_split, ("val", "train", "all"))
+        check_int(owner, "batch_size", batch_size, low=1)
+        check_int(owner, "predict_batch_size", predict_batch_size, low=1, optional=True)
+        check_int(owner, "num_workers", num_workers, low=0)
         self.image_size = int(image_size)
         self._augment = bool(augment)
         common = dict(image_size=image_size, resize_size=resize_size, interpolation=interpolation, mean=mean, std=std)
@@ -561,6 +602,8 @@ class InstanceDataModule(LightningDataModule):
         self.predict_batch_size = int(predict_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
+        self.max_bad_annotation_fraction = check_real(owner, "max_bad_annotation_fraction",
+                                                      max_bad_annotation_fraction, 0.0, 1.0)
         self._tables: InstanceTables | None = None
         self._seen: np.ndarray | None = None
         self._datasets: dict[str, Dataset] = {}
@@ -575,11 +618,50 @@ class InstanceDataModule(LightningDataModule):
     def tables(self) -> InstanceTables:
         """The parsed annotations (parsed on first access)."""
         if self._tables is None:
-            self._tables = self._load_tables()
-            t = self._tables
+            t = self._load_tables()
             log.info("%s: %d images, %d objects, %d categories %s", type(self).__name__, len(t.image_paths),
                      len(t.obj_image), len(t.label_names), t.info or "")
+            self._check_annotation_geometry(t.info)
+            self._tables = t
         return self._tables
+
+    @property
+    def skipped_annotations(self) -> dict[str, int]:
+        """Annotations dropped for their geometry, by reason (``outside_image``: the box or polygon lies wholly
+        outside its image; ``negative_size``: a box of negative width or height; ``rle_size_mismatch``: a
+        crowd RLE drawn on another frame than its image). Parses the annotations on first access."""
+        return dict(self.tables.info.get("skipped_annotations", {}))
+
+    @property
+    def clipped_annotations(self) -> int:
+        """Number of annotations partly outside their image, kept with their mask clipped to the image."""
+        return int(self.tables.info.get("clipped_annotations", 0))
+
+    def _check_annotation_geometry(self, info: dict) -> None:
+        """Log the dropped and clipped annotations; fail when more than ``max_bad_annotation_fraction`` were dropped.
+
+        ``info`` holds ``annotations`` (how many had their geometry checked), ``skipped_annotations`` (reason ->
+        count), ``clipped_annotations`` and ``annotation_files`` (named in the messages).
+        """
+        skipped = {k: int(v) for k, v in info.get("skipped_annotations", {}).items() if v}
+        total, clipped = int(info.get("annotations", 0)), int(info.get("clipped_annotations", 0))
+        files = ", ".join(str(f) for f in info.get("annotation_files", [])) or "the annotation files"
+        bad = sum(skipped.values())
+        if clipped:
+            log.info("%s: %d of %d annotations of %s lie partly outside their image; their masks are clipped to it",
+                     type(self).__name__, clipped, total, files)
+        if not bad:
+            return
+        share = bad / max(total, 1)
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+        if share > self.max_bad_annotation_fraction:
+            raise ValueError(
+                f"{type(self).__name__}: {bad} of {total} annotations of {files} ({share:.2%}) cannot be drawn in their "
+                f"image ({reasons}), more than max_bad_annotation_fraction={self.max_bad_annotation_fraction}. The "
+                "annotations probably do not belong to these images (another release, swapped width/height): use "
+                "matching files, or raise max_bad_annotation_fraction to accept dropping them.")
+        log.warning("%s: skipped %d of %d annotations of %s that cannot be drawn in their image (%s)",
+                    type(self).__name__, bad, total, files, reasons)
 
     @property
     def label_names(self) -> list[str]:
@@ -682,7 +764,7 @@ def seen_split(num_labels: int, seen_fraction: float, seed: int) -> np.ndarray:
     """(K,) bool: ``round(seen_fraction * K)`` categories drawn *without replacement* with ``seed``.
 
     The original LaViSE drew its label subset with ``np.random.choice`` *with* replacement (duplicates shrink
-    the seen set below the requested fraction, lavise.md §3); a permutation cannot repeat.
+    the seen set below the requested fraction); a permutation cannot repeat.
     """
     n_seen = int(round(seen_fraction * num_labels))
     seen = np.zeros(num_labels, dtype=bool)

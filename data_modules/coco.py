@@ -6,7 +6,7 @@ Files (the COCO 2017 download layout under ``root``): ``annotations/instances_tr
 predict/test explain.
 
 * Mask of an annotation: ``COCO.annToMask`` (polygons or RLE rasterised at the image's recorded size), the
-  segmentation itself, not its box (lavise.md §4).
+  segmentation itself, not its box (a box would label background pixels with the word).
 * Words: ``label_mode="category"`` uses the 80 category names as they are ("traffic light" is one multi-word
   label; text encoders average or phrase-encode it); ``"token"`` splits names into words, the paper's label
   vocabulary ("traffic light" -> {traffic, light}, a multi-hot target).
@@ -26,23 +26,22 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from data_modules._instances import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VAL,
     InstanceDataModule,
     InstanceTables,
     handle_missing,
     keep_images,
 )
+from lit_explain.datasets.checks import check_choice, check_real
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CocoDataModule", "CocoMaskSource", "load_coco"]
+__all__ = ["CocoDataModule", "CocoMaskSource", "load_coco", "segment_geometry"]
 
 
 def load_coco(path: Path):
@@ -68,6 +67,36 @@ def load_coco(path: Path):
     if "categories" not in coco.dataset or "annotations" not in coco.dataset:
         raise ValueError(f"{path} is not a COCO instances file: it needs 'images', 'annotations' and 'categories'")
     return coco
+
+
+def segment_geometry(segmentation: Any, height: int, width: int) -> str:
+    """Where a COCO ``segmentation`` falls relative to its ``height`` x ``width`` image.
+
+    Returns ``"inside"``; ``"clipped"`` (a polygon partly outside: ``annToMask`` cuts it at the image edge);
+    ``"outside_image"`` (a polygon whose rasterised mask is empty because it lies outside the image);
+    ``"empty_polygon"`` (no coordinates at all); or ``"rle_size_mismatch"`` (a crowd RLE whose ``size`` is not
+    the image's, so its mask would be drawn on another frame). Polygons wholly inside are decided from their
+    coordinates alone; only the rare partly-outside ones are rasterised (by pycocotools, as ``annToMask`` does)
+    to tell a clipped mask from an empty one.
+    """
+    if isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        return "inside" if size is None or [int(v) for v in size] == [height, width] else "rle_size_mismatch"
+    polygons = [p for p in (segmentation or []) if len(p) >= 2]
+    if not polygons:
+        return "empty_polygon"
+    x_min = min(min(p[0::2]) for p in polygons)
+    x_max = max(max(p[0::2]) for p in polygons)
+    y_min = min(min(p[1::2]) for p in polygons)
+    y_max = max(max(p[1::2]) for p in polygons)
+    if x_min >= 0 and y_min >= 0 and x_max <= width and y_max <= height:
+        return "inside"
+    if x_max <= 0 or y_max <= 0 or x_min >= width or y_min >= height:
+        return "outside_image"
+    from pycocotools import mask as mask_utils
+
+    area = mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+    return "clipped" if int(area) > 0 else "outside_image"
 
 
 class CocoMaskSource:
@@ -111,24 +140,18 @@ class CocoDataModule(InstanceDataModule):
             "include".
         min_area: annotations with a smaller ``area`` (pixels) are left out.
         on_missing_image: an image listed in the JSON but absent from its folder: "error" or "skip" (logged).
-        seen_fraction: fraction of categories seen in training (1.0: all, the paper's COCO scenario).
-        split_seed: seed of the seen/unseen draw.
-        image_size: side S of batches.
-        resize_size: short side before centre crop (default round(S*256/224)).
         augment: joint RandomResizedCrop + flip for training (paper: True for COCO).
-        scale_min: lower bound of RandomResizedCrop's area fraction.
-        hflip: random horizontal flip in augmentation.
-        interpolation: image resampling; masks always use nearest.
-        mean: normalisation mean.
-        std: normalisation std.
         union_per_category: False (default, the paper's COCO samples) = one annotation per sample; True = the
             union of a category's annotations in an image.
-        val_include_unseen: keep unseen categories in val instance samples.
-        predict_split: images of predict/test: "val", "train" or "all".
-        batch_size: instance samples per batch.
-        predict_batch_size: images per predict batch (default batch_size).
-        num_workers: DataLoader workers.
-        pin_memory: DataLoader pin_memory.
+        **kwargs: the arguments every instance data module shares (image_size, resize_size, scale_min, hflip,
+            interpolation, mean, std, seen_fraction, split_seed, val_include_unseen, predict_split, batch_size,
+            predict_batch_size, num_workers, pin_memory, max_bad_annotation_fraction), documented on
+            :class:`~data_modules._instances.InstanceDataModule`. COCO keeps their defaults: every category
+            seen (``seen_fraction=1.0``, the paper's COCO scenario).
+
+    Geometry: a polygon partly outside its image is clipped by the rasterisation; one whose rasterised mask is
+    empty because it lies outside the image, or a crowd RLE drawn on another frame than its image, is dropped and
+    counted (``skipped_annotations``).
     """
 
     def __init__(
@@ -142,43 +165,23 @@ class CocoDataModule(InstanceDataModule):
         crowd: Literal["eval_only", "skip", "include"] = "eval_only",
         min_area: float = 0.0,
         on_missing_image: Literal["error", "skip"] = "error",
-        seen_fraction: float = 1.0,
-        split_seed: int = 0,
-        image_size: int = 224,
-        resize_size: int | None = None,
         augment: bool = True,
-        scale_min: float = 0.08,
-        hflip: bool = True,
-        interpolation: str = "bilinear",
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
         union_per_category: bool = False,
-        val_include_unseen: bool = True,
-        predict_split: Literal["val", "train", "all"] = "val",
-        batch_size: int = 32,
-        predict_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            image_size=image_size, resize_size=resize_size, augment=augment, scale_min=scale_min, hflip=hflip,
-            interpolation=interpolation, mean=mean, std=std, union_per_category=union_per_category,
-            seen_fraction=seen_fraction, split_seed=split_seed, val_include_unseen=val_include_unseen,
-            predict_split=predict_split, batch_size=batch_size, predict_batch_size=predict_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory,
-        )
+        super().__init__(augment=augment, union_per_category=union_per_category, **kwargs)
         self.save_hyperparameters()
-        if label_mode not in ("category", "token"):
-            raise ValueError(f"label_mode must be 'category' or 'token', got {label_mode!r}")
-        if crowd not in ("eval_only", "skip", "include"):
-            raise ValueError(f"crowd must be 'eval_only', 'skip' or 'include', got {crowd!r}")
-        if on_missing_image not in ("error", "skip"):
-            raise ValueError(f"on_missing_image must be 'error' or 'skip', got {on_missing_image!r}")
+        owner = type(self).__name__
+        for name, value in (("root", root), ("train_annotations", train_annotations),
+                            ("val_annotations", val_annotations), ("train_images", train_images),
+                            ("val_images", val_images)):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{owner}: {name} must be a file or folder path (a non-empty string), got {value!r}")
         self.root = Path(root)
-        self.label_mode = label_mode
-        self.crowd = crowd
-        self.min_area = float(min_area)
-        self.on_missing_image = on_missing_image
+        self.label_mode = check_choice(owner, "label_mode", label_mode, ("category", "token"))
+        self.crowd = check_choice(owner, "crowd", crowd, ("eval_only", "skip", "include"))
+        self.min_area = check_real(owner, "min_area", min_area, low=0.0)
+        self.on_missing_image = check_choice(owner, "on_missing_image", on_missing_image, ("error", "skip"))
         self._splits = [
             (self._path(train_annotations), self._path(train_images)),
             (self._path(val_annotations), self._path(val_images)),
@@ -193,10 +196,23 @@ class CocoDataModule(InstanceDataModule):
         """Category id -> name, checked to agree between the files."""
         names: dict[int, str] = {}
         for coco, f in zip(cocos, files):
-            for c in coco.dataset["categories"]:
+            at_id: dict[int, int] = {}
+            at_name: dict[str, int] = {}
+            for j, c in enumerate(coco.dataset["categories"]):
                 cid, name = int(c["id"]), " ".join(str(c["name"]).split())
+                for key, seen, what in ((cid, at_id, "id"), (name, at_name, "name")):
+                    if key in seen:
+                        raise ValueError(
+                            f"{f}: categories[{j}] defines category {what} {key!r} again (first at categories[{seen[key]}]); "
+                            "a vocabulary must define each id and each name once: use an unmodified instances file")
+                    seen[key] = j
                 if names.setdefault(cid, name) != name:
                     raise ValueError(f"{f}: category {cid} is {name!r} but another file calls it {names[cid]!r}")
+        by_name: dict[str, int] = {}
+        for cid, name in names.items():
+            if by_name.setdefault(name, cid) != cid:
+                raise ValueError(f"{files[0]} / {files[-1]}: category name {name!r} has two ids ({by_name[name]} and {cid}) "
+                                 "across the annotation files; use the instances files of one COCO release")
         return dict(sorted(names.items()))
 
     def _load_tables(self) -> InstanceTables:
@@ -213,7 +229,8 @@ class CocoDataModule(InstanceDataModule):
         paths, ids, sizes, split = [], [], [], []
         obj_image, obj_file, obj_ann, obj_eval_only, label_ptr, label_ids = [], [], [], [], [0], []
         missing: list[str] = []
-        n_crowd = n_small = 0
+        n_crowd = n_small = n_checked = n_clipped = 0
+        bad: dict[str, int] = {}
         for s, (coco, (ann_file, img_dir)) in enumerate(zip(cocos, self._splits)):
             orphans = sorted({int(a["image_id"]) for a in coco.dataset["annotations"]} - set(coco.imgs))
             handle_missing(self.on_missing_image, [f"image id {i}" for i in orphans],
@@ -233,6 +250,14 @@ class CocoDataModule(InstanceDataModule):
                         continue
                     if float(a.get("area", np.inf)) < self.min_area:
                         n_small += 1
+                        continue
+                    rec = coco.imgs[img_id]
+                    where = segment_geometry(a.get("segmentation"), int(rec["height"]), int(rec["width"]))
+                    n_checked += 1
+                    if where == "clipped":
+                        n_clipped += 1
+                    elif where != "inside":
+                        bad[where] = bad.get(where, 0) + 1
                         continue
                     kept.append((a, crowd and self.crowd == "eval_only"))
                 if not kept:
@@ -268,7 +293,9 @@ class CocoDataModule(InstanceDataModule):
             obj_label_ids=np.array(label_ids, dtype=np.int64),
             mask_source=source,
             obj_eval_only=np.array(obj_eval_only, dtype=bool),
-            info={"crowd_skipped": n_crowd, "small_skipped": n_small, "images_missing_on_disk": len(missing)},
+            info={"crowd_skipped": n_crowd, "small_skipped": n_small, "images_missing_on_disk": len(missing),
+                  "annotations": n_checked, "clipped_annotations": n_clipped, "skipped_annotations": bad,
+                  "annotation_files": [str(a) for a, _ in self._splits]},
         )
         if missing:
             missing_set = set(missing)

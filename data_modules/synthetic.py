@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data_modules.broden import IMAGENET_MEAN, IMAGENET_STD, BrodenDataModule, BrodenDataset
+from lit_explain.datasets.checks import check_int, check_real
 from lit_explain.synth.concepts import CATEGORIES
 from lit_explain.synth.world import (WorldMismatchError, generate_world, is_complete_world, load_classes,
                                      read_world)
@@ -71,10 +72,10 @@ class SyntheticWorldDataModule(BrodenDataModule):
     Args:
         root: folder of the world; generated there by ``prepare_data`` when it holds no complete world.
         num_images: number of images to generate.
-        image_size: generated image side in pixels (images are served at this size).
-        mask_size: generated label mask side in pixels (Broden: image_size / 2).
+        image_size: generated image side in pixels, >= 16 (images are served at this size).
+        mask_size: generated label mask side in pixels, in [4, image_size] (Broden: image_size / 2).
         seed: world seed (scenes, noise) and seed of the training shuffle order.
-        val_fraction: fraction of images in the ``val`` split (class-balanced).
+        val_fraction: fraction of images in the ``val`` split, in [0, 1] (class-balanced).
         noise: standard deviation of the generator's pixel noise (intensities in [0, 1]).
         overwrite: regenerate when ``root`` holds a world made with other parameters (default: raise an error
             naming the differences).
@@ -121,10 +122,15 @@ class SyntheticWorldDataModule(BrodenDataModule):
         super().__init__(root=root, categories=categories, subset=subset, split=split, concepts=concepts,
                          min_image_count=min_image_count, batch_size=batch_size, num_workers=num_workers,
                          mean=mean, std=std, image_size=None, cache_dir=cache_dir)
-        self.num_images, self.world_image_size, self.mask_size = int(num_images), int(image_size), int(mask_size)
-        self.seed, self.val_fraction, self.noise = int(seed), float(val_fraction), float(noise)
+        owner = type(self).__name__
+        self.num_images = check_int(owner, "num_images", num_images, low=1)
+        self.world_image_size = check_int(owner, "image_size", image_size, low=16)
+        self.mask_size = check_int(owner, "mask_size", mask_size, low=4, high=self.world_image_size)
+        self.seed = check_int(owner, "seed", seed, low=0)
+        self.val_fraction = check_real(owner, "val_fraction", val_fraction, 0.0, 1.0)
+        self.noise = check_real(owner, "noise", noise, low=0.0)
         self.overwrite, self.augment, self.cache_images = bool(overwrite), bool(augment), bool(cache_images)
-        self.generation_workers = int(generation_workers)
+        self.generation_workers = check_int(owner, "generation_workers", generation_workers, low=1)
         self._classified_sets: dict[str, ClassifiedWorldDataset] = {}
         self._classes: dict[str, int] | None = None
         self._epoch_generator = torch.Generator()

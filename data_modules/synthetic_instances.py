@@ -19,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from data_modules._instances import IMAGENET_MEAN, IMAGENET_STD, TRAIN, VAL, InstanceDataModule, InstanceTables
+from data_modules._instances import TRAIN, VAL, InstanceDataModule, InstanceTables
+from lit_explain.datasets.checks import check_choice, check_int, check_real
 from lit_explain.synth.export import export_coco, export_vg, world_split
 from lit_explain.synth.world import generate_world
 
@@ -48,21 +49,14 @@ class SyntheticInstancesDataModule(InstanceDataModule):
         cache_dir: vg: cache of parsed annotations (None = off).
         image_size: side S of batches; default the world's image size.
         resize_size: short side before the centre crop; default S (the whole image is kept).
-        augment: joint RandomResizedCrop + flip for training.
-        scale_min: lower bound of RandomResizedCrop's area fraction.
-        hflip: random horizontal flip in augmentation.
-        interpolation: image resampling; masks always use nearest.
-        mean: normalisation mean (the world's classifier uses ImageNet statistics).
-        std: normalisation std.
-        union_per_category: a training sample = all objects of one category in an image (True) or one object.
-        seen_fraction: fraction of categories seen in training (seeded, without replacement).
-        split_seed: seed of the seen/unseen draw.
-        val_include_unseen: keep unseen categories in val instance samples.
-        predict_split: images of predict/test: "val", "train" or "all".
+        scale_min: lower bound of RandomResizedCrop's area fraction, in (0, 1].
+        seen_fraction: fraction of categories seen in training, in (0, 1] (seeded, without replacement).
         batch_size: instance samples per batch.
-        predict_batch_size: images per predict batch (default batch_size).
-        num_workers: DataLoader workers.
-        pin_memory: DataLoader pin_memory.
+        **kwargs: the other arguments every instance data module shares (augment, hflip, interpolation, mean,
+            std, union_per_category, split_seed, val_include_unseen, predict_split, predict_batch_size,
+            num_workers, pin_memory, max_bad_annotation_fraction), documented on
+            :class:`~data_modules._instances.InstanceDataModule` (the world's classifier uses the ImageNet
+            mean and std, the defaults).
     """
 
     def __init__(
@@ -82,42 +76,32 @@ class SyntheticInstancesDataModule(InstanceDataModule):
         cache_dir: str | None = "cache/synthetic_instances",
         image_size: int | None = None,
         resize_size: int | None = None,
-        augment: bool = False,
         scale_min: float = 0.35,
-        hflip: bool = True,
-        interpolation: str = "bilinear",
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        union_per_category: bool = True,
         seen_fraction: float = 0.7,
-        split_seed: int = 0,
-        val_include_unseen: bool = True,
-        predict_split: Literal["val", "train", "all"] = "val",
         batch_size: int = 64,
-        predict_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        if format not in ("vg", "coco"):
-            raise ValueError(f"format must be 'vg' or 'coco', got {format!r}")
+        owner = type(self).__name__
+        check_choice(owner, "format", format, ("vg", "coco"))
+        world_image_size = check_int(owner, "world_image_size", world_image_size, low=16)
+        image_size = check_int(owner, "image_size", image_size, low=1, optional=True)
         size = int(image_size or world_image_size)
-        super().__init__(
-            image_size=size, resize_size=resize_size or size, augment=augment, scale_min=scale_min, hflip=hflip,
-            interpolation=interpolation, mean=mean, std=std, union_per_category=union_per_category,
-            seen_fraction=seen_fraction, split_seed=split_seed, val_include_unseen=val_include_unseen,
-            predict_split=predict_split, batch_size=batch_size, predict_batch_size=predict_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory,
-        )
+        super().__init__(image_size=size, resize_size=resize_size or size, scale_min=scale_min,
+                         seen_fraction=seen_fraction, batch_size=batch_size, **kwargs)
         self.save_hyperparameters()
+        if not isinstance(root, str) or not root.strip():
+            raise ValueError(f"{owner}: root must be a folder path (a non-empty string), got {root!r}")
         self.root = Path(root)
-        self.world_kwargs = dict(num_images=int(num_images), image_size=int(world_image_size),
-                                 mask_size=int(mask_size), seed=int(seed), val_fraction=float(val_fraction),
-                                 noise=float(noise))
+        self.world_kwargs = dict(
+            num_images=check_int(owner, "num_images", num_images, low=1), image_size=world_image_size,
+            mask_size=check_int(owner, "mask_size", mask_size, low=4, high=world_image_size),
+            seed=check_int(owner, "seed", seed, low=0), val_fraction=check_real(owner, "val_fraction", val_fraction, 0.0, 1.0),
+            noise=check_real(owner, "noise", noise, low=0.0))
         self.overwrite = bool(overwrite)
         self.format = format
         self.export_root = Path(export_root) if export_root else self.root.with_name(f"{self.root.name}_lavise_{format}")
         self.include_attributes = bool(include_attributes)
-        self.min_images = int(min_images)
+        self.min_images = check_int(owner, "min_images", min_images, low=0)
         self.cache_dir = cache_dir
 
     def prepare_data(self) -> None:

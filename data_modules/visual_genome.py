@@ -11,7 +11,7 @@ Files read under ``root`` (the layout of the VG 1.2/1.4 download):
 * the images, in ``VG_100K/`` and ``VG_100K_2/``: an image's file is the last component of its ``url``, looked
   up in each folder in turn.
 
-Category vocabulary (lavise.md §4). Each object is mapped to category words by ``merge_by``:
+Category vocabulary. Each object is mapped to category words by ``merge_by``:
 
 * ``"synset"`` (the paper): one category per WordNet synset, named by the synset's lemma with ``_`` read as a
   space (``traffic_light.n.01`` -> "traffic light"). Synsets whose readable names coincide (``bank.n.01`` and
@@ -45,22 +45,22 @@ from typing import Literal
 import numpy as np
 
 from data_modules._instances import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     BoxMaskSource,
     InstanceDataModule,
     InstanceTables,
+    box_geometry,
     handle_missing,
     image_split,
     keep_images,
 )
+from lit_explain.datasets.checks import check_choice, check_int, check_real, check_strings
 from lit_explain.datasets.files import atomic_save_npz, file_digest, iter_json_array, load_npz_cache
 
 log = logging.getLogger(__name__)
 
 __all__ = ["VisualGenomeDataModule", "normalise_name", "synset_name"]
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: boxes outside their image dropped and counted
 
 
 def normalise_name(name: str) -> str:
@@ -106,25 +106,18 @@ class VisualGenomeDataModule(InstanceDataModule):
         include_attributes: add the objects' attribute words (attributes.json) as categories.
         on_missing_image: an image file absent from the image folders, or an annotated image absent from
             image_data.json: "error" (raise, naming the files) or "skip" (log them and leave them out).
-        val_fraction: fraction of images held out for validation/prediction (seeded by ``split_seed``).
-        seen_fraction: fraction of categories seen in training (paper: 0.7); the rest are unseen.
-        split_seed: seed of the seen/unseen and train/val draws.
+        val_fraction: fraction of images held out for validation/prediction, in [0, 1) (seeded by
+            ``split_seed``).
+        seen_fraction: fraction of categories seen in training, in (0, 1] (paper: 0.7); the rest are unseen.
         cache_dir: folder of the parsed-annotation cache (keyed by file contents and parameters); None = off.
-        image_size: side S of batches.
-        resize_size: short side before centre crop (default round(S*256/224)).
-        augment: joint RandomResizedCrop + flip for training (the paper: False for VG).
-        scale_min: lower bound of RandomResizedCrop's area fraction.
-        hflip: random horizontal flip in augmentation.
-        interpolation: image resampling; masks always use nearest.
-        mean: normalisation mean.
-        std: normalisation std.
-        union_per_category: a training sample = all boxes of one category in one image (paper) or one box.
-        val_include_unseen: keep unseen categories in val instance samples.
-        predict_split: images of predict/test: "val", "train" or "all".
-        batch_size: instance samples per batch.
-        predict_batch_size: images per predict batch (default batch_size).
-        num_workers: DataLoader workers.
-        pin_memory: DataLoader pin_memory.
+        **kwargs: the arguments every instance data module shares (image_size, resize_size, augment, scale_min,
+            hflip, interpolation, mean, std, union_per_category, split_seed, val_include_unseen, predict_split,
+            batch_size, predict_batch_size, num_workers, pin_memory, max_bad_annotation_fraction), documented on
+            :class:`~data_modules._instances.InstanceDataModule`. VG keeps their defaults: no augmentation
+            (as the paper trains VG), a training sample = all boxes of one category in one image.
+
+    Boxes: a box partly outside its image (as image_data.json gives its size) is clipped to the image; a box
+    wholly outside, or of negative width or height, is dropped and counted (``skipped_annotations``).
     """
 
     def __init__(
@@ -141,46 +134,28 @@ class VisualGenomeDataModule(InstanceDataModule):
         on_missing_image: Literal["error", "skip"] = "error",
         val_fraction: float = 0.1,
         seen_fraction: float = 0.7,
-        split_seed: int = 0,
         cache_dir: str | None = "cache/visual_genome",
-        image_size: int = 224,
-        resize_size: int | None = None,
-        augment: bool = False,
-        scale_min: float = 0.08,
-        hflip: bool = True,
-        interpolation: str = "bilinear",
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
-        union_per_category: bool = True,
-        val_include_unseen: bool = True,
-        predict_split: Literal["val", "train", "all"] = "val",
-        batch_size: int = 32,
-        predict_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            image_size=image_size, resize_size=resize_size, augment=augment, scale_min=scale_min, hflip=hflip,
-            interpolation=interpolation, mean=mean, std=std, union_per_category=union_per_category,
-            seen_fraction=seen_fraction, split_seed=split_seed, val_include_unseen=val_include_unseen,
-            predict_split=predict_split, batch_size=batch_size, predict_batch_size=predict_batch_size,
-            num_workers=num_workers, pin_memory=pin_memory,
-        )
+        super().__init__(seen_fraction=seen_fraction, **kwargs)
         self.save_hyperparameters()
-        if merge_by not in ("synset", "head_token", "name"):
-            raise ValueError(f"merge_by must be 'synset', 'head_token' or 'name', got {merge_by!r}")
-        if min_count_by not in ("images", "instances"):
-            raise ValueError(f"min_count_by must be 'images' or 'instances', got {min_count_by!r}")
-        if on_missing_image not in ("error", "skip"):
-            raise ValueError(f"on_missing_image must be 'error' or 'skip', got {on_missing_image!r}")
+        owner = type(self).__name__
+        for name, value in (("root", root), ("image_data_file", image_data_file), ("objects_file", objects_file),
+                            ("attributes_file", attributes_file)):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{owner}: {name} must be a file or folder path (a non-empty string), got {value!r}")
+        check_strings(owner, "image_dirs", image_dirs, unique=True)
+        check_choice(owner, "merge_by", merge_by, ("synset", "head_token", "name"))
+        check_choice(owner, "min_count_by", min_count_by, ("images", "instances"))
+        check_choice(owner, "on_missing_image", on_missing_image, ("error", "skip"))
         self.root = Path(root)
         self.image_dirs = list(image_dirs)
         self.merge_by = merge_by
-        self.min_images = int(min_images)
+        self.min_images = check_int(owner, "min_images", min_images, low=0)
         self.min_count_by = min_count_by
         self.include_attributes = bool(include_attributes)
         self.on_missing_image = on_missing_image
-        self.val_fraction = float(val_fraction)
+        self.val_fraction = check_real(owner, "val_fraction", val_fraction, 0.0, 1.0, high_open=True)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._files = {
             "image_data": self._path(image_data_file),
@@ -304,12 +279,23 @@ class VisualGenomeDataModule(InstanceDataModule):
         names = raw["cat_names"]
         pair_obj, pair_cat = raw["pair_obj"], raw["pair_cat"]
         c = len(names)
+        # geometry: boxes that cannot be drawn in their image leave before the frequency count
+        img = raw["obj_image"]
+        geo = box_geometry(raw["boxes"], raw["heights"][img], raw["widths"][img])
+        drop = geo["negative_size"] | geo["outside_image"]
+        info.update(annotations=int(len(img)), clipped_annotations=int(geo["clipped"].sum()),
+                    skipped_annotations={k: int(geo[k].sum()) for k in ("outside_image", "negative_size")},
+                    annotation_files=[str(self._files["objects"])])
+        if drop.any():
+            keep = ~drop[pair_obj]
+            pair_obj, pair_cat = pair_obj[keep], pair_cat[keep]
         if self.min_count_by == "images":
             img_cat = np.unique(raw["obj_image"][pair_obj] * max(c, 1) + pair_cat)
             counts = np.bincount(img_cat % max(c, 1), minlength=c)
         else:
             counts = np.bincount(pair_cat, minlength=c)
-        kept = sorted(i for i in range(c) if counts[i] >= self.min_images)
+        # at least one occurrence even with min_images=0: a category whose boxes were all dropped goes too
+        kept = sorted(i for i in range(c) if counts[i] >= max(self.min_images, 1))
         kept_sorted = sorted(kept, key=lambda i: names[i])
         new_id = np.full(c, -1, dtype=np.int64)
         new_id[kept_sorted] = np.arange(len(kept_sorted))

@@ -217,3 +217,60 @@ def test_annotations_of_images_missing_from_the_json(tmp_path, caplog):
         dm.setup("fit")
     assert "image id 103" in caplog.text
     assert len(dm.instance_dataset("train")) == 4  # images 101 and 102 (crowd excluded)
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+def _edge_images():
+    """One 48x30 image: polygons inside (1), partly past the right edge (2), wholly right of the image (3),
+    wholly left with negative coordinates (4), and a triangle whose bounding box overlaps the image corner
+    although the triangle itself stays above the image (5)."""
+    return [CocoImage(1, W, H, [
+        CocoAnn(11, 1, _rect(4, 4, 10, 10), (230, 10, 10)),
+        CocoAnn(12, 3, _rect(40, 5, 20, 10), (10, 230, 10)),
+        CocoAnn(13, 18, _rect(50, 2, 8, 6), (10, 10, 230)),
+        CocoAnn(14, 18, _rect(-10, 0, 8, 5), (230, 230, 10)),
+        CocoAnn(15, 10, [36, -20, 76, -20, 76, 10], (230, 10, 230)),  # at x = 48 the edge is at y = -11
+    ])]
+
+
+def test_polygons_outside_the_image_are_clipped_or_dropped_and_counted(tmp_path, caplog):
+    root = tmp_path / "coco"
+    images = _edge_images()
+    write_coco(root, "train", images)
+    write_coco(root, "val", _images("val"))
+    for a in images[0].anns:  # the fixture's own pycocotools rasterisation: what must be kept
+        assert ann_mask(a, H, W).any() == (a.ann_id in (11, 12)), a.ann_id
+    with caplog.at_level(logging.WARNING):
+        dm = _dm(root, max_bad_annotation_fraction=0.5)
+        tables = dm.tables
+    n_val = sum(len(img.anns) for img in _images("val"))
+    assert dm.skipped_annotations == {"outside_image": 3}
+    assert dm.clipped_annotations == 1
+    assert f"skipped 3 of {5 + n_val} annotations" in caplog.text
+    train = np.flatnonzero(tables.image_split[tables.obj_image] == 0)
+    assert len(train) == 2
+    for k, ann in zip(train, images[0].anns[:2]):
+        np.testing.assert_array_equal(tables.mask_source(int(k), H, W), ann_mask(ann, H, W))
+    with pytest.raises(ValueError, match=rf"3 of {5 + n_val} annotations .*instances_train2017\.json.*"
+                                         r"max_bad_annotation_fraction=0\.01"):
+        _dm(root).label_names
+
+
+def test_category_defined_twice_is_rejected(tmp_path):
+    cats = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 1, "name": "rider"}]
+    root = tmp_path / "coco"
+    write_coco(root, "train", [CocoImage(1, W, H, [CocoAnn(11, 1, _rect(4, 4, 10, 10), (230, 10, 10))])], cats)
+    write_coco(root, "val", [CocoImage(2, W, H, [CocoAnn(21, 3, _rect(4, 4, 10, 10), (230, 10, 10))])], cats[:2])
+    with pytest.raises(ValueError, match=r"instances_train2017\.json: categories\[2\] defines category id 1 again "
+                                         r"\(first at categories\[0\]\)"):
+        _dm(root).label_names
+    cats[2] = {"id": 7, "name": "car"}
+    write_coco(root, "train", [CocoImage(1, W, H, [CocoAnn(11, 1, _rect(4, 4, 10, 10), (230, 10, 10))])], cats)
+    with pytest.raises(ValueError, match=r"categories\[2\] defines category name 'car' again \(first at categories\[1\]\)"):
+        _dm(root).label_names
+    cats[2] = {"id": 7, "name": "truck"}
+    write_coco(root, "train", [CocoImage(1, W, H, [CocoAnn(11, 1, _rect(4, 4, 10, 10), (230, 10, 10))])], cats)
+    write_coco(root, "val", [CocoImage(2, W, H, [CocoAnn(21, 3, _rect(4, 4, 10, 10), (230, 10, 10))])],
+               cats[:2] + [{"id": 8, "name": "truck"}])
+    with pytest.raises(ValueError, match=r"category name 'truck' has two ids \(7 and 8\)"):
+        _dm(root).label_names

@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from data_modules._instances import BoxMaskSource, JointTransform, seen_split
 from data_modules.visual_genome import VisualGenomeDataModule, synset_name
@@ -383,3 +384,53 @@ def test_batches_follow_the_data_contract(tmp_path):
     assert counts == [3, 3, 2, 1, 1]
     assert not p["masks"][p["mask_labels"] < 0].any()  # padding masks are empty
     assert p["index"].tolist() == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------- box geometry
+def _edge_images():
+    """Two 40x24 images whose boxes reach past the edges; colours are unique per box.
+
+    Fates (what the reader must do): inside 11, 14, 24; clipped 12 (past the right edge), 21 (past the top-left
+    corner); dropped 13 (wholly right of the image), 22 (wholly below: horse's only box), 23 (negative width).
+    """
+    def o(oid, x, y, w, h, synset, colour):
+        return VGObject(oid, x, y, w, h, [synset_name(synset)], [synset], [], colour)
+
+    return [
+        VGImage(1, W, H, [o(11, 1, 1, 6, 5, "dog.n.01", (200, 10, 10)), o(12, 35, 10, 10, 5, "dog.n.01", (10, 200, 10)),
+                          o(13, 45, 2, 5, 5, "cat.n.01", (10, 10, 200)), o(14, 10, 2, 5, 9, "cat.n.01", (200, 200, 10))]),
+        VGImage(2, W, H, [o(21, -4, -3, 8, 6, "dog.n.01", (200, 10, 200)), o(22, 5, 30, 4, 4, "horse.n.01", (10, 200, 200)),
+                          o(23, 5, 5, -3, 4, "cat.n.01", (90, 90, 90)), o(24, 20, 10, 6, 6, "cat.n.01", (150, 60, 30))],
+                folder="VG_100K_2"),
+    ]
+
+
+def test_boxes_outside_the_image_are_clipped_or_dropped_and_counted(tmp_path, caplog):
+    images = _edge_images()
+    root = write_vg(tmp_path / "vg", images)
+    with caplog.at_level(logging.WARNING):
+        dm = _dm(root, tmp_path, min_images=1, max_bad_annotation_fraction=0.4)
+        tables = dm.tables
+    assert dm.skipped_annotations == {"outside_image": 2, "negative_size": 1}
+    assert dm.clipped_annotations == 2
+    assert "skipped 3 of 8 annotations" in caplog.text and "objects.json" in caplog.text
+    assert dm.label_names == ["cat", "dog"]  # horse had only the box below the image
+    kept = [ob for img in images for ob in img.objects if ob.object_id in (11, 12, 14, 21, 24)]
+    assert len(tables.obj_image) == len(kept)
+    pixels = {1: np.asarray(Image.open(root / "VG_100K" / "1.png").convert("RGB")),
+              2: np.asarray(Image.open(root / "VG_100K_2" / "2.png").convert("RGB"))}
+    for k, ob in enumerate(kept):
+        image_id = int(tables.image_ids[tables.obj_image[k]])
+        painted = (pixels[image_id] == np.array(ob.color)).all(-1)  # the writer's clipped painting
+        assert painted.any()
+        np.testing.assert_array_equal(tables.mask_source(k, H, W), painted, err_msg=str(ob.object_id))
+
+
+@pytest.mark.parametrize("limit", [None, 0.37])
+def test_too_many_bad_boxes_fail_setup(tmp_path, limit):
+    root = write_vg(tmp_path / "vg", _edge_images())
+    kw = {} if limit is None else {"max_bad_annotation_fraction": limit}  # 3 of 8 = 0.375 dropped
+    for attempt in range(2):  # the second reads the parsed cache: the check still applies
+        with pytest.raises(ValueError, match=r"3 of 8 annotations of .*objects\.json \(37\.50%\).*outside_image: 2"):
+            _dm(root, tmp_path, min_images=1, **kw).setup("fit")
+    assert list((tmp_path / "cache").glob("vg_*.npz"))
