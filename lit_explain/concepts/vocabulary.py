@@ -8,8 +8,38 @@ by the data module from its config, recorded in every output, and indexed densel
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
+
+__all__ = ["ConceptVocabulary", "read_word_list"]
+
+
+def read_word_list(path: str | os.PathLike) -> list[str]:
+    """The words or phrases of a word-list file, one per line, in file order.
+
+    Blank lines and lines starting with ``#`` are ignored; spaces inside a phrase are collapsed to one. A word
+    listed twice is an error naming the file and both lines: a repeat is almost always an editing mistake (two
+    lists pasted together, a typo fixed in one copy only), and dropping it silently would hide that.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a word or phrase appears on two lines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"word-list file not found: {path} (expected one word or phrase per line)")
+    words: dict[str, int] = {}
+    for line, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        word = " ".join(raw.split())
+        if not word or word.startswith("#"):
+            continue
+        if word in words:
+            raise ValueError(f"{path}:{line}: {word!r} is already listed on line {words[word]}; list each word or "
+                             "phrase once (remove the repeat)")
+        words[word] = line
+    return list(words)
 
 
 @dataclass(frozen=True)
@@ -38,11 +68,13 @@ class ConceptVocabulary:
         n = len(self.label_ids)
         if not (len(self.names) == len(self.categories) == len(self.image_level) == n):
             raise ValueError("ConceptVocabulary: label_ids, names, categories and image_level must have equal lengths")
-        if len(set(self.names)) != n:
-            dup = sorted({x for x in self.names if self.names.count(x) > 1})
-            raise ValueError(f"ConceptVocabulary: duplicate concept names {dup[:10]}")
-        if len(set(self.label_ids)) != n:
-            raise ValueError("ConceptVocabulary: duplicate label ids")
+        for what, values in (("name", self.names), ("label id", self.label_ids)):
+            first: dict[Any, int] = {}
+            for i, v in enumerate(values):
+                if v in first:
+                    raise ValueError(f"ConceptVocabulary: concept {what} {v!r} appears twice (positions {first[v]} and "
+                                     f"{i}); a vocabulary names each concept and each label id once")
+                first[v] = i
 
     def __len__(self) -> int:
         return len(self.label_ids)
