@@ -168,13 +168,17 @@ class WSOLDataModule(LightningDataModule):
         super().__init__()
         self.image_size = validate_common(type(self).__name__, image_size, batch_size, num_workers, on_missing)
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"{type(self).__name__}: root {self.root} is not a directory")
+        self.check_root()
         self.batch_size, self.num_workers, self.on_missing = int(batch_size), int(num_workers), on_missing
         self.mean, self.std = tuple(mean), tuple(std)
         self.classes: list[str] = []
         self.stats: dict[str, dict[str, int]] = {}
         self._data: dict[str, BoxDataset] = {}
+
+    def check_root(self) -> None:
+        """Called by the constructor: the dataset folder must exist (a module that builds it overrides this)."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{type(self).__name__}: root {self.root} is not a directory")
 
     def read_split(self, split: str) -> list[BoxRecord]:  # pragma: no cover - abstract
         raise NotImplementedError
