@@ -10,6 +10,9 @@ kept; the background cells are pooled and drawn *with replacement* (seeded ``tor
 Step 3 targets: a pixel of an image whose class is a leaf of concept e is a positive of e when it lies in the
 responsible region; a negative of e when it is a positive of one of e's siblings, or a background pixel of any
 image of e's sibling group (HINT's "other concepts' regions plus background"); ignored otherwise.
+
+Step 4 maps: the concept classifiers' (or CAM's) score map on the layer grid, upsampled to the image and
+min-max normalised per image, feeds the WSOL metrics (:mod:`lit_explain.metrics.wsol`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["channel_norm", "robust_normalize", "responsible_mask", "RegionPixels", "sample_region_pixels",
-           "concept_targets"]
+           "concept_targets", "minmax_normalize", "upsample_maps", "class_activation_maps", "neuron_rows"]
 
 
 def channel_norm(saliency: torch.Tensor) -> torch.Tensor:
@@ -143,3 +146,79 @@ def concept_targets(label: torch.Tensor, positive: torch.Tensor, membership: tor
     out[in_kgroup] = 0
     out[pos & in_k] = 1
     return out
+
+
+# ---------------------------------------------------------------------------------------------- step 4: WSOL maps
+def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) -> (B, h, w) in [0, 1]: (x − min) / (max − min) per image (a constant map becomes 0), the
+    normalisation MaxBoxAccV2 expects before its threshold sweep."""
+    if maps.ndim != 3:
+        raise ValueError(f"minmax_normalize: maps must be (B, h, w), got {tuple(maps.shape)}")
+    flat = maps.float().flatten(1)
+    lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    span = hi - lo
+    return torch.where(span > 0, (maps.float() - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                       torch.zeros_like(maps, dtype=torch.float32))
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) -> (B, H, W) bilinear (align_corners=False: cell centres map to cell centres), so a score map
+    of the layer's grid lines up with the image's pixels and boxes."""
+    if maps.ndim != 3:
+        raise ValueError(f"upsample_maps: maps must be (B, h, w), got {tuple(maps.shape)}")
+    return torch.nn.functional.interpolate(maps[:, None].float(), size=tuple(size), mode="bilinear",
+                                           align_corners=False)[:, 0]
+
+
+def class_activation_maps(features: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """CAM (Zhou et al. 2016), the WSOL baseline: (B, C, h, w) features of the layer before global average
+    pooling, (K, C) linear head weight, (B,) class per image -> (B, h, w) Σ_c weight[class, c] · features[:, c].
+
+    For a network that ends in global average pooling + linear, the spatial mean of the CAM plus the bias is
+    the class logit.
+    """
+    if features.ndim != 4 or weight.ndim != 2 or weight.shape[1] != features.shape[1]:
+        raise ValueError(f"class_activation_maps: features (B, C, h, w) {tuple(features.shape)} and weight (K, C) "
+                         f"{tuple(weight.shape)} do not fit")
+    if classes.shape != (features.shape[0],):
+        raise ValueError(f"class_activation_maps: classes must be (B,)={features.shape[0]}, got {tuple(classes.shape)}")
+    w = weight.to(features.dtype)[classes.long()]  # (B, C)
+    return torch.einsum("bchw,bc->bhw", features, w)
+
+
+# ---------------------------------------------------------------------------------------------- the neuron table
+def neuron_rows(scores: torch.Tensor, concepts: list[str], levels: list[str], branches: list[str],
+                k: int = 10) -> list[dict]:
+    """The rows of ``hint_neurons.csv``: one per (concept, unit), concepts in the given order, units by rank.
+
+    Args:
+        scores: (K, C) mean |phi| per concept and unit (:mod:`lit_explain.attribution.shapley`).
+        concepts: the K concept names.
+        levels: each concept's level (e.g. its sibling group's parent); collaborative = shared within a level.
+        branches: each concept's branch (e.g. its top-level ancestor); multimodal = shared across branches.
+        k: responsible set size per concept (HINT: 10), in [1, C].
+
+    Returns:
+        dicts with ``unit, concept, level, shapley, rank`` (0 = most important), ``responsible``,
+        ``collaborative`` and ``multimodal`` (bools, see :mod:`lit_explain.attribution.shapley`).
+    """
+    from lit_explain.attribution.shapley import (collaborative_units, multimodal_units, rank_units,
+                                                 responsible_units)
+
+    K, C = scores.shape
+    if not len(concepts) == len(levels) == len(branches) == K:
+        raise ValueError(f"neuron_rows: scores has {K} concepts but concepts/levels/branches have "
+                         f"{len(concepts)}/{len(levels)}/{len(branches)} entries")
+    ids = lambda names: torch.tensor([sorted(set(names)).index(n) for n in names])  # noqa: E731
+    ranks = rank_units(scores)
+    resp = responsible_units(scores, k)
+    collab = collaborative_units(resp, ids(levels))
+    multi = multimodal_units(resp, ids(branches))
+    order = torch.argsort(ranks, dim=1)  # units by rank
+    rows = []
+    for c in range(K):
+        for u in order[c].tolist():
+            rows.append({"unit": u, "concept": concepts[c], "level": levels[c], "shapley": float(scores[c, u]),
+                         "rank": int(ranks[c, u]), "responsible": bool(resp[c, u]),
+                         "collaborative": bool(collab[c, u]), "multimodal": bool(multi[c, u])})
+    return rows

@@ -71,3 +71,41 @@ def test_concept_targets_hand_worked():
     assert concept_targets(label, positive, membership, group).tolist() == want
     with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
         concept_targets(torch.tensor([4]), torch.tensor([True]), membership, group)
+
+
+def test_cam_mean_plus_bias_is_the_logit_of_a_gap_linear_head():
+    from lit_explain.methods.hint_ops import class_activation_maps
+
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(3, 5, 4, 6, generator=g, dtype=torch.float64)
+    head = torch.nn.Linear(5, 7).double()
+    classes = torch.tensor([6, 0, 3])
+    cam = class_activation_maps(feats, head.weight.detach(), classes)
+    logits = head(feats.mean((2, 3))).detach()
+    torch.testing.assert_close(cam.mean((1, 2)) + head.bias.detach()[classes], logits[torch.arange(3), classes])
+
+
+def test_minmax_and_upsampling():
+    from lit_explain.methods.hint_ops import minmax_normalize, upsample_maps
+
+    m = torch.tensor([[[1.0, 3.0], [5.0, 9.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    assert minmax_normalize(m).tolist() == [[[0.0, 0.25], [0.5, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]
+    up = upsample_maps(torch.tensor([[[0.0, 1.0]]]), (1, 4))
+    # cell centres at x = 0.5 and 1.5 (in grid units) -> image pixel centres 0.25, 0.75, 1.25, 1.75
+    assert up.tolist() == [[[0.0, 0.25, 0.75, 1.0]]]
+
+
+def test_neuron_rows_hand_worked():
+    from lit_explain.methods.hint_ops import neuron_rows
+
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.8, 0.7, 0.0], [0.0, 0.6, 0.2]], dtype=torch.float64)
+    rows = neuron_rows(scores, ["dog", "cat", "car"], ["animal", "animal", "thing"], ["organism", "organism", "artifact"], k=2)
+    assert len(rows) == 9
+    assert [(r["concept"], r["unit"], r["rank"]) for r in rows[:3]] == [("dog", 1, 0), ("dog", 2, 1), ("dog", 0, 2)]
+    by = {(r["concept"], r["unit"]): r for r in rows}
+    # unit 1: top-2 of dog and cat (level animal) -> collaborative; also of car (other branch) -> multimodal
+    assert by["dog", 1]["collaborative"] and by["cat", 1]["collaborative"] and not by["car", 1]["collaborative"]
+    assert by["dog", 1]["multimodal"] and by["car", 1]["multimodal"]
+    assert not by["dog", 2]["collaborative"] and by["dog", 2]["multimodal"]  # unit 2: dog and car
+    assert not by["cat", 0]["multimodal"] and by["cat", 0]["responsible"] and not by["dog", 0]["responsible"]
+    assert by["car", 1]["shapley"] == 0.6
