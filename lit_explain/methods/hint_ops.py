@@ -4,8 +4,8 @@ layer saliency, pixel sampling, and the per-concept targets of every hierarchy l
 Step 2 (per image, vectorised over the batch): g = ‖S[:, i, j]‖₂ over channels; ĝ = clip((g − min g) /
 (P99(g) − min g), 0, 1); positive (the "responsible region") = ĝ > 0.5, background = the rest. Each grid cell
 is one sample whose features are the layer's C-dimensional column A[:, i, j] (no pooling). The positives are
-kept; the background cells are pooled and drawn *with replacement* (seeded ``torch.Generator``) to
-``background_per_positive`` × the number of positives (HINT: 1/K for a group of K concepts).
+kept; background cells are drawn *with replacement*, ``background_per_positive`` per positive (HINT: 1/K for a
+group of K concepts), keyed by each image's dataset index so 1 and N processes sample the same cells.
 
 Step 3 targets: a pixel of an image whose class is a leaf of concept e is a positive of e when it lies in the
 responsible region; a negative of e when it is a positive of one of e's siblings, or a background pixel of any
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["channel_norm", "robust_normalize", "responsible_mask", "RegionPixels", "sample_region_pixels",
@@ -66,27 +67,53 @@ class RegionPixels:
     Attributes:
         features: (n, C) the layer's feature columns, in the requested dtype (float16 halves the storage).
         positive: (n,) bool, True for responsible-region cells.
-        image: (n,) int64 index of the cell's image in the batch.
+        image: (n,) int64 dataset index of the cell's image.
+        cell: (n,) int64 flat grid position row * w + col (with ``image``, a canonical sort key).
         label: (n,) int64 the image's class (leaf) index.
     """
 
     features: torch.Tensor
     positive: torch.Tensor
     image: torch.Tensor
+    cell: torch.Tensor
     label: torch.Tensor
 
 
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix_uniform(seed: int, image: np.ndarray, draw: np.ndarray) -> np.ndarray:
+    """Counter-based uniforms in [0, 1): splitmix64 of (seed, image, draw), so a draw depends only on its image's
+    dataset index and its number, never on the batch or the process it was computed in."""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + image.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+             + draw.astype(np.uint64) * np.uint64(0x94D049BB133111EB)) & _M64
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
 def sample_region_pixels(features: torch.Tensor, positive: torch.Tensor, labels: torch.Tensor,
-                         background_per_positive: float, generator: torch.Generator | None = None,
+                         background_per_positive: float, image_ids: torch.Tensor | None = None, seed: int = 0,
                          dtype: torch.dtype = torch.float16) -> RegionPixels:
     """Every positive cell plus background cells drawn with replacement, for a whole batch at once.
+
+    Image i contributes all its P_i positive cells and floor(P_i × ``background_per_positive``) background
+    cells drawn uniformly with replacement from its own background (HINT pools the backgrounds of a group and
+    draws |positives| / K of them; drawing per image in proportion to its positives gives the same expected
+    mix and lets each draw be keyed by the image's dataset index). The draws come from a counter-based hash of
+    (``seed``, dataset index, draw number), so the sampled set is the same whatever the batching and however
+    the images are split across processes. An image with positives but no background cell contributes no
+    background draw.
 
     Args:
         features: (B, C, h, w) the probed layer's output.
         positive: (B, h, w) bool responsible regions (:func:`responsible_mask`).
         labels: (B,) int64 each image's class.
-        background_per_positive: background cells drawn per positive cell (>= 0; HINT: 1/K), rounded down.
-        generator: seeds the background draw (same generator state -> same cells).
+        background_per_positive: background cells per positive cell (>= 0; HINT: 1/K).
+        image_ids: (B,) int64 dataset indices (default 0..B-1).
+        seed: seed of the background draws (>= 0).
         dtype: storage dtype of the features.
 
     Returns:
@@ -95,23 +122,38 @@ def sample_region_pixels(features: torch.Tensor, positive: torch.Tensor, labels:
     if features.ndim != 4 or positive.shape != (features.shape[0], *features.shape[2:]):
         raise ValueError(f"sample_region_pixels: features (B, C, h, w) {tuple(features.shape)} and positive "
                          f"(B, h, w) {tuple(positive.shape)} do not fit")
-    if labels.shape != (features.shape[0],):
-        raise ValueError(f"sample_region_pixels: labels must be (B,)={features.shape[0]}, got {tuple(labels.shape)}")
+    B, _, h, w = features.shape
+    if labels.shape != (B,):
+        raise ValueError(f"sample_region_pixels: labels must be (B,)={B}, got {tuple(labels.shape)}")
     if not float(background_per_positive) >= 0:
         raise ValueError(f"sample_region_pixels: background_per_positive must be >= 0, got {background_per_positive}")
-    cols = features.detach().permute(0, 2, 3, 1)  # (B, h, w, C)
-    pos = positive.to(device=features.device, dtype=torch.bool)
-    pos_idx = pos.nonzero()  # (P, 3): image, row, col
-    bg_idx = (~pos).nonzero()  # (Q, 3)
-    n_bg = int(pos_idx.shape[0] * float(background_per_positive))
-    if n_bg and bg_idx.shape[0] == 0:
-        raise ValueError("sample_region_pixels: every cell of the batch is positive, no background to draw from")
-    pick = torch.randint(0, max(bg_idx.shape[0], 1), (n_bg,), generator=generator).to(bg_idx.device)
-    idx = torch.cat([pos_idx, bg_idx[pick]])
-    feats = cols[idx[:, 0], idx[:, 1], idx[:, 2]].to(dtype)
-    is_pos = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    is_pos[: pos_idx.shape[0]] = True
-    return RegionPixels(feats, is_pos, idx[:, 0], labels.to(idx.device)[idx[:, 0]].long())
+    if int(seed) < 0:
+        raise ValueError(f"sample_region_pixels: seed must be >= 0, got {seed}")
+    ids = torch.arange(B) if image_ids is None else image_ids.detach().cpu().long()
+    if ids.shape != (B,):
+        raise ValueError(f"sample_region_pixels: image_ids must be (B,)={B}, got {tuple(ids.shape)}")
+    pos = positive.detach().cpu().bool().reshape(B, h * w)
+    n_pos = pos.sum(1)
+    n_bg_avail = h * w - n_pos
+    n_draw = torch.where(n_bg_avail > 0, (n_pos.double() * float(background_per_positive)).floor().long(), 0)
+    pos_img, pos_cell = pos.nonzero(as_tuple=True)
+    # background draws: image b gets n_draw[b]; draw j picks its floor(u * n_bg_avail[b])-th background cell
+    draw_img = torch.repeat_interleave(torch.arange(B), n_draw)
+    starts = torch.cumsum(n_draw, 0) - n_draw
+    draw_no = torch.arange(draw_img.numel()) - starts[draw_img]
+    u = torch.from_numpy(_splitmix_uniform(int(seed), ids[draw_img].numpy(), draw_no.numpy()))
+    rank_in_bg = (u * n_bg_avail[draw_img]).long()
+    bg_img, bg_cell = (~pos).nonzero(as_tuple=True)  # image-major, so image b's cells start at bg_start[b]
+    bg_start = torch.cumsum(n_bg_avail, 0) - n_bg_avail
+    chosen = bg_cell[bg_start[draw_img] + rank_in_bg] if draw_img.numel() else bg_cell[:0]
+    img = torch.cat([pos_img, draw_img])
+    cell = torch.cat([pos_cell, chosen])
+    cols = features.detach().flatten(2)  # (B, C, h*w)
+    dev_img, dev_cell = img.to(features.device), cell.to(features.device)
+    feats = cols[dev_img, :, dev_cell].to(dtype)
+    is_pos = torch.zeros(img.numel(), dtype=torch.bool)
+    is_pos[: pos_img.numel()] = True
+    return RegionPixels(feats, is_pos, ids[img], cell, labels.detach().cpu().long()[img])
 
 
 def concept_targets(label: torch.Tensor, positive: torch.Tensor, membership: torch.Tensor,

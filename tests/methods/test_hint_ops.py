@@ -37,24 +37,40 @@ def test_sampling_counts_features_and_seed():
     B, C, h, w = 4, 6, 5, 5
     feats = torch.randn(B, C, h, w, generator=torch.Generator().manual_seed(3))
     pos = torch.zeros(B, h, w, dtype=torch.bool)
-    pos[0, 1:3, 1:3] = True  # 4 cells
-    pos[2, 4, :] = True  # 5 cells
+    pos[0, 1:3, 1:3] = True  # 4 positives -> floor(4 / 2) = 2 background draws
+    pos[2, 4, :] = True  # 5 positives -> 2 draws
+    pos[3] = True  # all positive: no background to draw from
+    pos[3, 0, 0] = False  # ... except one cell: 24 positives -> 12 draws of that cell
     labels = torch.tensor([7, 8, 9, 10])
-    out = sample_region_pixels(feats, pos, labels, 1 / 3, torch.Generator().manual_seed(5), dtype=torch.float32)
-    assert out.features.shape == (9 + 3, C) and out.positive.sum() == 9
+    out = sample_region_pixels(feats, pos, labels, 0.5, seed=5, dtype=torch.float32)
+    assert out.positive.sum() == 4 + 5 + 24 and out.features.shape == (33 + 2 + 2 + 12, C)
     assert out.image[:9].tolist() == [0] * 4 + [2] * 5 and out.label[:9].tolist() == [7] * 4 + [9] * 5
-    torch.testing.assert_close(out.features[0], feats[0, :, 1, 1])
-    torch.testing.assert_close(out.features[4], feats[2, :, 4, 0])
-    # the background cells are background cells, with their own features
-    for f, i in zip(out.features[9:], out.image[9:]):
-        hits = (feats[i].permute(1, 2, 0) == f).all(-1)
-        assert hits.any() and not pos[i][hits].any()
-    again = sample_region_pixels(feats, pos, labels, 1 / 3, torch.Generator().manual_seed(5), dtype=torch.float32)
-    torch.testing.assert_close(again.features, out.features)
-    half = sample_region_pixels(feats, pos, labels, 1 / 3, torch.Generator().manual_seed(5))
-    assert half.features.dtype == torch.float16
-    with pytest.raises(ValueError, match="no background"):
-        sample_region_pixels(feats, torch.ones(B, h, w, dtype=torch.bool), labels, 0.5)
+    assert out.image[33:].tolist() == [0, 0, 2, 2] + [3] * 12 and (out.cell[37:] == 0).all()
+    # every cell's features are that cell's column; background draws lie in the background
+    torch.testing.assert_close(out.features, feats.flatten(2)[out.image, :, out.cell])
+    assert not pos.flatten(1)[out.image[33:], out.cell[33:]].any()
+    again = sample_region_pixels(feats, pos, labels, 0.5, seed=5, dtype=torch.float32)
+    assert torch.equal(again.cell, out.cell)
+    assert not torch.equal(sample_region_pixels(feats, pos, labels, 0.5, seed=6).cell[33:37], out.cell[33:37])
+    assert sample_region_pixels(feats, pos, labels, 0.5).features.dtype == torch.float16
+
+
+def test_sampling_does_not_depend_on_batching():
+    """Two half batches (or two processes) with their dataset indices draw the same cells as one batch."""
+    g = torch.Generator().manual_seed(7)
+    feats = torch.randn(6, 3, 4, 4, generator=g)
+    pos = torch.rand(6, 4, 4, generator=g) > 0.6
+    labels, ids = torch.arange(6), torch.tensor([10, 11, 12, 13, 14, 15])
+    whole = sample_region_pixels(feats, pos, labels, 0.7, ids, seed=1)
+    parts = [sample_region_pixels(feats[s], pos[s], labels[s], 0.7, ids[s], seed=1) for s in (slice(0, 3), slice(3, 6))]
+
+    def canon(r):
+        key = torch.stack([r.image, r.cell, r.positive.long()], 1).tolist()
+        return sorted(key)
+
+    assert canon(whole) == sorted(canon(parts[0]) + canon(parts[1]))
+    # the background draws are spread over the background cells (not always the first one)
+    assert len(set(whole.cell[~whole.positive].tolist())) > 3
 
 
 def test_concept_targets_hand_worked():
