@@ -10,7 +10,6 @@ to int). Labels are 0-based positions in ``classes.txt``. Splits: ``train`` (is_
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

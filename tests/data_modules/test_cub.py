@@ -8,7 +8,7 @@ import torch
 
 from data_modules._wsol import IMAGENET_MEAN, IMAGENET_STD
 from data_modules.cub import CUBDataModule
-from tests.fixtures.cub_writer import COLORS, CUB_IMAGES, make_cub
+from tests.fixtures.cub_writer import COLORS, make_cub
 
 
 def denorm(img: torch.Tensor) -> torch.Tensor:
