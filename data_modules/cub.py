@@ -10,7 +10,6 @@ to int). Labels are 0-based positions in ``classes.txt``. Splits: ``train`` (is_
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from data_modules._wsol import BoxRecord, WSOLDataModule, image_size_of
