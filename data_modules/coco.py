@@ -30,13 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data_modules._instances import (
-    VAL,
-    InstanceDataModule,
-    InstanceTables,
-    handle_missing,
-    keep_images,
-)
+from data_modules._instance_tables import VAL, InstanceTables, handle_missing, keep_images
+from data_modules._instances import InstanceDataModule
 from lit_explain.datasets.checks import check_choice, check_real
 
 log = logging.getLogger(__name__)

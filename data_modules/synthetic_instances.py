@@ -19,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from data_modules._instances import TRAIN, VAL, InstanceDataModule, InstanceTables
+from data_modules._instance_tables import TRAIN, VAL, InstanceTables
+from data_modules._instances import InstanceDataModule
 from lit_explain.datasets.checks import check_choice, check_int, check_real
 from lit_explain.synth.export import export_coco, export_vg, world_split
 from lit_explain.synth.world import generate_world

@@ -44,15 +44,9 @@ from typing import Literal
 
 import numpy as np
 
-from data_modules._instances import (
-    BoxMaskSource,
-    InstanceDataModule,
-    InstanceTables,
-    box_geometry,
-    handle_missing,
-    image_split,
-    keep_images,
-)
+from data_modules._instance_tables import (BoxMaskSource, InstanceTables, box_geometry, handle_missing, image_split,
+                                           keep_images)
+from data_modules._instances import InstanceDataModule
 from lit_explain.datasets.checks import check_choice, check_int, check_real, check_strings
 from lit_explain.datasets.files import atomic_save_npz, file_digest, iter_json_array, load_npz_cache
 
