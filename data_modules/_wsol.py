@@ -138,7 +138,8 @@ def collate_boxes(samples: Sequence[dict]) -> dict:
             "num_boxes": torch.tensor([len(s["boxes"]) for s in samples], dtype=torch.int64)}
 
 
-def validate_common(name: str, image_size, batch_size: int, num_workers: int, on_missing: str) -> tuple[int, int]:
+def validate_common(name: str, image_size, batch_size: int, num_workers: int, on_missing: str,
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> tuple[int, int]:
     """Check the arguments every WSOL data module shares; returns image_size as (H, W)."""
     size = (int(image_size), int(image_size)) if isinstance(image_size, (int, np.integer)) else tuple(int(s) for s in image_size)
     if len(size) != 2 or min(size) < 8:
@@ -149,6 +150,8 @@ def validate_common(name: str, image_size, batch_size: int, num_workers: int, on
         raise ValueError(f"{name}: num_workers must be >= 0, got {num_workers}")
     if on_missing not in ("error", "skip"):
         raise ValueError(f"{name}: on_missing must be 'error' or 'skip', got {on_missing!r}")
+    if len(tuple(mean)) != 3 or len(tuple(std)) != 3 or min(float(v) for v in std) <= 0:
+        raise ValueError(f"{name}: mean and std must be 3 numbers (RGB) with std > 0, got mean={mean}, std={std}")
     return size
 
 
@@ -166,7 +169,8 @@ class WSOLDataModule(LightningDataModule):
                  num_workers: int = 0, on_missing: str = "error", mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
-        self.image_size = validate_common(type(self).__name__, image_size, batch_size, num_workers, on_missing)
+        self.image_size = validate_common(type(self).__name__, image_size, batch_size, num_workers, on_missing, mean,
+                                          std)
         self.root = Path(root)
         self.check_root()
         self.batch_size, self.num_workers, self.on_missing = int(batch_size), int(num_workers), on_missing

@@ -82,6 +82,9 @@ def tree_shap_scores(x: np.ndarray, y: np.ndarray, max_depth: int = 10, n_estima
     import shap
     from sklearn.ensemble import GradientBoostingClassifier
 
+    if int(max_depth) < 1 or int(n_estimators) < 1 or not float(learning_rate) > 0:
+        raise ValueError(f"tree_shap_scores: max_depth and n_estimators must be >= 1 and learning_rate > 0, got "
+                         f"{max_depth}, {n_estimators}, {learning_rate}")
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y).astype(int)
     if x.ndim != 2 or y.shape != (x.shape[0],):

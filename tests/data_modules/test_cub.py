@@ -63,5 +63,7 @@ def test_errors(tmp_path):
         CUBDataModule(root, batch_size=0)
     with pytest.raises(ValueError, match=r"on_missing must be 'error' or 'skip'"):
         CUBDataModule(root, on_missing="ignore")
+    with pytest.raises(ValueError, match=r"mean and std must be 3 numbers \(RGB\) with std > 0"):
+        CUBDataModule(root, std=(0.2, 0.0, 0.2))
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         CUBDataModule(tmp_path / "nowhere")
