@@ -104,13 +104,18 @@ def layer_saliency(model: nn.Module, layer: nn.Module, images: torch.Tensor, tar
         :class:`LayerSaliency` with activations and saliency of shape (B, *layer output shape[1:]).
 
     Raises:
-        ValueError: bad shapes or targets, a layer that does not run (or runs twice) in the forward, a layer
-            whose output does not reach the logits (no gradient path), or no nn.ReLU with ``guided=True``.
+        ValueError: bad shapes or targets, batch norm / dropout in training mode, a layer that does not run (or
+            runs twice) in the forward, a layer whose output does not reach the logits (no gradient path), or no
+            nn.ReLU with ``guided=True``.
     """
     name = layer_name or type(layer).__name__
     if images.ndim < 2 or targets.ndim != 1 or targets.shape[0] != images.shape[0]:
         raise ValueError(f"layer_saliency: images (B, ...) and targets (B,) must agree, got {tuple(images.shape)} "
                          f"and {tuple(targets.shape)}")
+    training = [n for n, m in model.named_modules() if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
+    if training:
+        raise ValueError(f"layer_saliency: {training[:3]} are in training mode (batch statistics mix the images of a "
+                         "batch, dropout is random); call model.eval() first")
     if not any(m is layer for m in model.modules()):
         raise ValueError(f"layer_saliency: layer {name!r} is not a submodule of {type(model).__name__}")
     captured: list[torch.Tensor] = []

@@ -119,6 +119,9 @@ def test_clear_errors_for_bad_layers():
         layer_saliency(m, m.side, x, t, layer_name="side")
     with pytest.raises(ValueError, match="not a submodule"):
         layer_saliency(m, nn.Conv2d(1, 1, 1), x, t)
+    bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(ValueError, match=r"\['1'\] are in training mode.*model.eval\(\)"):
+        layer_saliency(bn, bn[0], x, t)
     f = FunctionalOnly()
     with pytest.raises(ValueError, match="has no nn.ReLU module"):
         layer_saliency(f, f.conv, x, t)
