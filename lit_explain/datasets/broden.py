@@ -65,7 +65,7 @@ from torchvision import transforms as T
 from lit_explain.concepts import ConceptIndex, ConceptVocabulary
 from lit_explain.datasets.broden_tables import (NUM_IDS, BrodenFormatError, BrodenLabels, check_root,
                                                 decode_label_png, read_csv, split_cell)
-from lit_explain.datasets.checks import check_strings
+from lit_explain.datasets.checks import check_int, check_strings
 
 __all__ = ["BrodenDataset", "BrodenFormatError", "CACHE_FORMAT", "DEFAULT_CATEGORIES", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -176,9 +176,10 @@ class BrodenDataset(Dataset):
         check_root(self.root)
         if concepts is not None and min_image_count > 0:
             raise ValueError("BrodenDataset: give either `concepts` (an explicit vocabulary) or `min_image_count`, not both")
-        self.subset, self.split, self.min_image_count = subset, split, int(min_image_count)
+        self.subset, self.split = subset, split
+        self.min_image_count = check_int("BrodenDataset", "min_image_count", min_image_count, low=0)
         self._concepts = None if concepts is None else check_strings("BrodenDataset", "concepts", list(concepts), unique=True)
-        self.image_size = image_size
+        self.image_size = check_int("BrodenDataset", "image_size", image_size, low=1, optional=True)
         self.transform = transform if transform is not None else self._default_transform(mean, std, image_size)
         self._read_labels()
         self.index_file = self._index_file()

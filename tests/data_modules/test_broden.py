@@ -524,3 +524,10 @@ def test_constructor_rejects_out_of_range_arguments(kw, match, tmp_path):
     # root need not exist: the constructor checks the settings before any file is read
     with pytest.raises(ValueError, match=r"BrodenDataModule: " + match):
         BrodenDataModule(str(tmp_path / "nowhere"), cache_dir=str(tmp_path), **kw)
+
+
+def test_reader_rejects_out_of_range_arguments(broden_miniature):
+    with pytest.raises(ValueError, match=r"BrodenDataset: min_image_count must be an integer >= 0, got -1"):
+        BrodenDataset(str(broden_miniature.root), min_image_count=-1)
+    with pytest.raises(ValueError, match=r"BrodenDataset: image_size must be an integer >= 1 \(or null\), got 0"):
+        BrodenDataset(str(broden_miniature.root), image_size=0)
