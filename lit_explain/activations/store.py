@@ -17,10 +17,21 @@ of the rows it has written and flushed to ``done_<pid>.idx``; a later run with `
 (:attr:`ActivationWriter.done`) and only computes the rest. Several processes of one DDP run
 write disjoint rows of the same partial entry (global dataset indices), which needs a filesystem shared by the
 ranks (true for single-machine DDP and for clusters with a shared work directory).
+
+Concurrent runs (two jobs, two users) that need the same entry take turns: the process that builds an entry holds
+an exclusive lock on ``<key>.lock`` (:meth:`ActivationStore.lock`, a POSIX record lock released by the kernel if
+the process dies) from the moment it decides to build until it has committed; the other run waits,
+then finds the committed entry and reads it. Locks work between processes of one machine and on filesystems whose
+locks are coherent across machines (local disks, most cluster filesystems; not every NFS setup).
+
+Values beyond float16's range (|x| > 65504) cannot be stored as float16: :meth:`ActivationWriter.write` refuses
+them with the advice to store float32, as it refuses NaN and infinite activations (a broken checkpoint or input
+normalisation), naming the layer when the caller gave it (``meta['layer']``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -32,12 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CODE_VERSION", "ActivationStore", "ActivationEntry", "ActivationWriter", "cache_key"]
+__all__ = ["CODE_VERSION", "FLOAT16_MAX", "BuildLock", "ActivationStore", "ActivationEntry", "ActivationWriter", "cache_key"]
 
 #: Bumped whenever the meaning of stored activations changes, which invalidates every cached entry.
 CODE_VERSION = "1"
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}
+#: Largest finite float16 value: anything beyond it would be stored as inf.
+FLOAT16_MAX = 65504.0
 
 
 def cache_key(**parts: Any) -> str:
@@ -112,6 +125,17 @@ class ActivationWriter:
         """Store activations (B, U, h, w) of the images with dataset indices (B,)."""
         idx = torch.as_tensor(indices).cpu().numpy()
         a = acts.detach().to("cpu", torch.float32)
+        where = f"layer {self.meta['layer']!r}" if "layer" in self.meta else "the captured layer"
+        finite = torch.isfinite(a)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(f"{where} produced {bad} non-finite activation values (NaN or inf) on images "
+                             f"{idx[:5].tolist()}...: check the weights (a broken or mismatched checkpoint) and the "
+                             "input normalisation; nothing was cached")
+        if self.dtype == "float16" and a.numel() and float(a.abs().max()) > FLOAT16_MAX:
+            raise ValueError(f"{where} has activations up to {float(a.abs().max()):.4g}, beyond float16's range "
+                             f"(±{FLOAT16_MAX:g}), so the float16 activation cache would store inf: set "
+                             "activation_dtype: float32")
         self.acts[idx] = a.numpy().astype(_DTYPES[self.dtype])
         # maxima of the stored (rounded) values, so thresholds and top images agree with what is read back
         stored = torch.from_numpy(np.asarray(self.acts[idx], dtype=np.float32))
@@ -157,6 +181,24 @@ class ActivationWriter:
         return entry
 
 
+class BuildLock:
+    """An exclusive POSIX record lock (``fcntl.lockf``) on a lock file, held until :meth:`release`.
+
+    POSIX locks belong to the process: another process waits for it, the kernel drops it if the holder dies, and
+    the holding process itself can take it again (an in-process retry after an exception never deadlocks).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "a+")
+        fcntl.lockf(self._file.fileno(), fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.lockf(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+
+
 class ActivationStore:
     """Content-addressed activation cache; see the module docstring.
 
@@ -185,6 +227,11 @@ class ActivationStore:
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None
         return ActivationEntry(path, acts, maxes, meta)
+
+    def lock(self, key: str) -> "BuildLock":
+        """Take the exclusive build lock of entry ``key``, waiting while another process holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return BuildLock(self.root / f"{key}.lock")
 
     def writer(self, key: str, shape: tuple[int, ...], dtype: str = "float16", create: bool = True,
                meta: dict | None = None, resume: bool = True) -> ActivationWriter:

@@ -27,6 +27,8 @@ trained explainer head. A subclass that needs activations in ``on_predict_epoch_
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import logging
 import os
 from typing import Any, Callable, Sequence
@@ -40,7 +42,7 @@ from lit_explain.activations.stats import store_unit_quantiles
 from lit_explain.activations.store import ActivationEntry, ActivationStore, ActivationWriter, cache_key
 from lit_explain.results import MethodResult
 
-__all__ = ["LayerMethod", "check_tail_fraction", "dataset_fingerprint"]
+__all__ = ["SILENT_REASON", "LayerMethod", "check_tail_fraction", "code_fingerprint", "dataset_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 Features = Callable[[torch.Tensor], torch.Tensor]
 
 ACTIVATION_DTYPES = ("float16", "float32")
+
+#: Why a unit is reported unlabelled (the ``reason`` column of the tables, present when some unit is).
+SILENT_REASON = "no activation above the threshold (dead, constant or saturated unit)"
 
 
 def check_tail_fraction(quantile: float, name: str = "quantile") -> float:
@@ -83,6 +88,25 @@ def dataset_fingerprint(dataset: Any) -> str:
         return h.hexdigest()[:24]
     raise TypeError(f"{type(dataset).__name__} has neither fingerprint() nor image_paths(): the activation cache "
                     "cannot be keyed on its content; add one of them to the dataset")
+
+
+def code_fingerprint(net: torch.nn.Module) -> str:
+    """A hash of what the weights hash cannot see: the module tree as printed (strides, kernel sizes, activation
+    choices set by factory arguments) and the source files defining every module class of ``net`` (a changed
+    ``forward`` of a ``python:`` model). Modules without Python source (TorchScript, C extensions) count by repr."""
+    h = hashlib.sha256(repr(net).encode())
+    files = set()
+    for m in net.modules():
+        try:
+            files.add(inspect.getsourcefile(type(m)))
+        except (TypeError, OSError):
+            continue
+    for f in sorted(x for x in files if x):
+        try:
+            h.update(f.encode() + b"\0" + open(f, "rb").read())
+        except OSError:
+            h.update(f.encode())
+    return h.hexdigest()[:24]
 
 
 class LayerMethod(LightningModule):
@@ -147,6 +171,7 @@ class LayerMethod(LightningModule):
         #: what the method found, for the writer callbacks (set at the end of predict)
         self.result: MethodResult | None = None
         self._writers: dict[str, ActivationWriter] = {}
+        self._locks: dict[str, Any] = {}
         self._captures: list[tuple[str, Features, str, dict[str, Any]]] = []
         self._seen: list[torch.Tensor] = []
 
@@ -229,7 +254,9 @@ class LayerMethod(LightningModule):
 
         parts = {
             "model": name,
+            "model_kwargs": json.dumps(self.hparams.model_kwargs or {}, sort_keys=True, default=str),
             "model_fingerprint": model_fingerprint(net),
+            "model_code": code_fingerprint(net),
             "layer": self.layer_name,
             "dataset": dataset_fingerprint(dataset),
             "transform": repr(getattr(dataset, "transform", None)),
@@ -238,7 +265,18 @@ class LayerMethod(LightningModule):
         key = cache_key(**parts)
         return parts, key, self.store.get(key)
 
+    def setup(self, stage: str) -> None:
+        self._predict_started = False
+
+    def teardown(self, stage: str) -> None:
+        """Lightning skips the whole predict loop when the loader has no batch; say so instead of exiting quietly
+        with nothing written."""
+        if stage == "predict" and not getattr(self, "_predict_started", True):
+            raise ValueError(f"{type(self).__name__}: the predict dataloader has no images, nothing was explained; "
+                             "check the data module's split / subset / selection")
+
     def on_predict_start(self) -> None:
+        self._predict_started = True
         hp = self.hparams
         dataset = self.predict_dataset()
         self.num_images = len(dataset)
@@ -260,12 +298,26 @@ class LayerMethod(LightningModule):
             if entry is not None:
                 log.info("activations found in cache %s", entry.path)
                 continue
+            if self.trainer.is_global_zero:  # another run may be building it: wait for it, then read its entry
+                self._locks[prefix] = self.store.lock(key)
+                entry = self.store.get(key)
+            entry = distributed.broadcast_object(entry is not None) and self.store.get(key)
+            if entry:
+                self._release(prefix)
+                setattr(self, f"{prefix}entry", entry)
+                log.info("activations found in cache %s (built by a concurrent run)", entry.path)
+                continue
             shape = self._layer_shape(feats, dataset)
             if self.trainer.is_global_zero:
                 self._writers[prefix] = self.store.writer(key, shape, hp.activation_dtype, create=True, meta=parts)
             self._barrier(f"store_create_{prefix}")
             if not self.trainer.is_global_zero:
                 self._writers[prefix] = self.store.writer(key, shape, hp.activation_dtype, create=False, meta=parts)
+
+    def _release(self, prefix: str) -> None:
+        lock = self._locks.pop(prefix, None)
+        if lock is not None:
+            lock.release()
 
     def _layer_shape(self, feats: Features, dataset: Any) -> tuple[int, int, int, int]:
         """(N, U, h, w) from one forward on the first image of the dataset."""
@@ -300,6 +352,7 @@ class LayerMethod(LightningModule):
             self._barrier(f"store_flush_{prefix}")
             if self.trainer.is_global_zero:
                 writer.commit()
+                self._release(prefix)
             self._barrier(f"store_commit_{prefix}")
             entry = self.store.get(key)
             if entry is None:
@@ -353,6 +406,15 @@ class LayerMethod(LightningModule):
         values[:, :n] = order.values[:, :n]
         index[:, :n] = order.indices[:, :n]
         return values, index
+
+    def silent_units(self, units: torch.Tensor, thresholds: torch.Tensor,
+                     entry: ActivationEntry | None = None) -> torch.Tensor:
+        """(U_sel,) bool: units with no stored activation strictly above their threshold anywhere in the dataset
+        (dead units, constant units, saturated units whose top tail is one repeated value). Such a unit has an empty
+        activation region, so every concept scores IoU 0 with it; methods report it unlabelled, with a reason."""
+        maxes = np.asarray((entry or self.entry).maxes[:, units.numpy()], dtype=np.float64)
+        top = torch.from_numpy(maxes.max(axis=0)) if len(maxes) else torch.full((len(units),), float("-inf"))
+        return top <= thresholds.to(torch.float64)
 
     def run_meta(self) -> dict[str, Any]:
         """Metadata every result carries: the method, its arguments, the activation cache and the data size."""

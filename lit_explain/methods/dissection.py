@@ -25,10 +25,10 @@ from lit_explain.activations.bitmaps import unit_bitmaps
 from lit_explain.activations.store import ActivationEntry
 from lit_explain.concepts.index import ConceptIndex
 from lit_explain.concepts.vocabulary import ConceptVocabulary
-from lit_explain.methods.base import LayerMethod
+from lit_explain.methods.base import SILENT_REASON, LayerMethod
 from lit_explain.results import MethodResult, Picture
 
-__all__ = ["DissectionMethod", "NULL_COLUMNS", "summarize"]
+__all__ = ["DissectionMethod", "NULL_COLUMNS", "SILENT_REASON", "summarize", "unlabel_silent"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class DissectionMethod(LayerMethod):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "concept_index"):
             raise RuntimeError(f"{type(self).__name__} needs a data module with a concept index (e.g. "
@@ -91,6 +92,7 @@ class DissectionMethod(LayerMethod):
         self.selected_units = self.select_units(self.entry.shape[1])
         self.thresholds = self.unit_thresholds(self.selected_units)
         rows = self.explain(self.entry, self.local_indices, self.selected_units, self.thresholds)
+        rows = unlabel_silent(rows, self.selected_units, self.silent_units(self.selected_units, self.thresholds))
         meta = {**self.run_meta(), "vocabulary": self.vocabulary.to_dict(),
                 "mask_shape": list(self.concept_index.mask_shape)}
         thr = float(getattr(self.hparams, "iou_threshold", 0.04))
@@ -162,6 +164,21 @@ class DissectionMethod(LayerMethod):
         raise NotImplementedError
 
 
+def unlabel_silent(rows: list[dict[str, Any]], units: torch.Tensor, silent: torch.Tensor) -> list[dict[str, Any]]:
+    """Rows of silent units (the top range of a unit with no activation above its threshold) get an empty label,
+    empty per-category labels and a ``reason``, never the first concept at IoU 0."""
+    dead = {int(u) for u, s in zip(units.tolist(), silent.tolist()) if s}
+    if not dead:
+        return rows
+    out = []
+    for r in rows:
+        if int(r["unit"]) in dead and float(r.get("range_hi", float("inf"))) == float("inf"):
+            r = {k: ("" if k == "label" or k == "category" or k.endswith("_label") else v) for k, v in r.items()}
+            r.update(iou=0.0, length=0, reason=SILENT_REASON)
+        out.append(r)
+    return out
+
+
 def _open_image(path: Any) -> Any:
     from PIL import Image
 
@@ -172,11 +189,14 @@ def summarize(rows: list[dict[str, Any]], out: Any, threshold: float, top: int =
     """A short text summary of a dissection table: how many explanations beat the IoU threshold, per category,
     how they compare with the null baselines (when the method reported any), and the best ones."""
     good = [r for r in rows if float(r["iou"]) > threshold]
+    silent = sum(1 for r in rows if r.get("reason"))
     cats: dict[str, int] = {}
     for r in good:
         cats[r["category"]] = cats.get(r["category"], 0) + 1
     lines = [f"\n{len(good)} of {len(rows)} explanations have IoU > {threshold:g}"
              + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(cats.items(), key=lambda kv: -kv[1]))})" if cats else "")]
+    if silent:
+        lines.append(f"{silent} unlabelled: {SILENT_REASON}")
     nulls = [(c, name) for c, name in NULL_COLUMNS.items() if rows and all(c in r for r in rows)]
     if nulls:
         mean = sum(float(r["iou"]) for r in rows) / len(rows)

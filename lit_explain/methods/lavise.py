@@ -238,6 +238,7 @@ class LaViSE(LayerMethod):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "label_names"):
             raise RuntimeError("LaViSE needs a data module with label_names and seen (an InstanceDataModule: "
@@ -448,7 +449,8 @@ class LaViSE(LayerMethod):
         top_values, top_index = self.top_images(units, hp.top_images)
         label_images = distributed.all_sum(self._label_images)
         n_units, p = top_index.shape
-        valid = (top_index >= 0) & (top_values > 0)  # the authors skip images with max(F_u) <= 0
+        silent = self.silent_units(units, thresholds)  # nothing above the threshold: unlabelled, with a reason
+        valid = (top_index >= 0) & (top_values > 0) & ~silent[:, None]  # the authors skip images with max <= 0
         images = torch.unique(top_index[valid])  # sorted
         world, rank = distributed.world_size(), distributed.rank()
         owner = torch.full((n_units, p), -1, dtype=torch.int64)
@@ -486,7 +488,7 @@ class LaViSE(LayerMethod):
             units=units, thresholds=thresholds, top_index=top_index, top_values=top_values, valid=valid, owner=owner,
             words=words, word_scores=scores, ground_truth=gt, maps=maps, ranked=ranked, vocabulary=list(self._vocab),
             word_labels=word_labels, label_names=list(names), seen=seen.clone(), label_images=label_images,
-            num_images=self.num_images, attention=hp.attention, quantile=hp.quantile,
+            num_images=self.num_images, attention=hp.attention, quantile=hp.quantile, silent=silent,
             extra={"train_label_names": list(self.label_names), "layer": hp.layer, "model": hp.model},
         )
         rows = filter_rows(ex)

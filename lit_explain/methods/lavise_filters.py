@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lit_explain.methods.base import SILENT_REASON
 from lit_explain.methods.lavise_ops import RankedWords
 from lit_explain.results import Picture
 
@@ -45,6 +46,7 @@ class FilterExplanations:
         num_images: N, reference images.
         attention: the attention mode used.
         quantile: q of the thresholds.
+        silent: (U,) bool filters with no activation above their threshold (unlabelled, with a reason).
     """
 
     units: torch.Tensor
@@ -66,6 +68,7 @@ class FilterExplanations:
     num_images: int
     attention: str
     quantile: float
+    silent: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     def topk_labels(self, k: int) -> torch.Tensor:
@@ -83,10 +86,15 @@ def filter_rows(ex: FilterExplanations) -> list[dict[str, Any]]:
     """The ``filters`` table: one row per (filter, rank): ``filter, rank, word, score, seen, category, count,
     similarity, images, threshold``. ``score`` is the word's (weighted) frequency among the top-s words of the
     filter's top images (1.0 = in every image's top-s); ``seen`` is ``seen`` when the word names a category used in
-    training, else ``unseen``; ``category`` is the category the word names ("" if none)."""
+    training, else ``unseen``; ``category`` is the category the word names ("" if none). A silent filter (no
+    activation above its threshold) gets one row with an empty word and a ``reason``."""
     rows = []
     r = ex.ranked
     for i, u in enumerate(ex.units.tolist()):
+        if ex.silent is not None and bool(ex.silent[i]):
+            rows.append({"filter": u, "rank": 0, "word": "", "score": 0.0, "seen": "", "category": "", "count": 0,
+                         "similarity": 0.0, "images": 0, "threshold": float(ex.thresholds[i]), "reason": SILENT_REASON})
+            continue
         for rank in range(r.words.shape[1]):
             w = int(r.words[i, rank])
             if w < 0:

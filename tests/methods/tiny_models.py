@@ -18,3 +18,31 @@ def tiny_cnn(channels: int = 6, seed: int = 0) -> nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return model
+
+
+def faulty_cnn(channels: int = 6, seed: int = 0, fault: str = "none", stride: int = 2) -> nn.Module:
+    """:func:`tiny_cnn` with a fault at ``features``: ``nan`` (unit 0 outputs NaN), ``huge`` (values beyond float16's
+    range), ``dead`` (unit 0 is constant zero), ``none``. ``stride`` of the first conv changes the architecture
+    (and the activations) without changing any parameter's name or shape."""
+    model = tiny_cnn(channels, seed)
+    model.conv1.stride = (stride, stride)
+    scale = torch.ones(channels)
+    shift = torch.zeros(channels)
+    if fault == "nan":
+        shift[0] = float("nan")
+    elif fault == "huge":
+        scale[0] = 1e6
+    elif fault == "dead":
+        scale[0] = 0.0
+    model.features.add_module("fault", _Affine(scale, shift))
+    return model
+
+
+class _Affine(nn.Module):
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.view(1, -1, 1, 1))
+        self.register_buffer("shift", shift.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
