@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import quote
 
 from lit_explain.atomic import atomic_write_text
+from lit_explain.concepts.formulas import group_equivalent, parse
 from lit_explain.results import LEADING_COLUMNS, columns_of
 
 __all__ = ["write_report", "equivalence_groups", "CARD_NAME"]
@@ -70,13 +71,9 @@ def equivalence_groups(labels: Sequence[str], names: Sequence[str]) -> list[list
 
     Returns:
         Groups of two or more positions, at least one of length > 1, largest first; None when the analysis does
-        not apply (every label is a plain concept name, or the formulas module is not available). Labels that do
+        not apply (every label is a plain concept name). Labels that do
         not parse as formulas over ``names`` are left out of every group.
     """
-    try:
-        from lit_explain.concepts.formulas import group_equivalent, parse
-    except ImportError:  # the formulas module is optional for a plain NetDissect report
-        return None
     parsed: dict[str, Any] = {}  # label -> Formula (None: not a formula over names)
     classes: dict[tuple, int] = {}  # canonical key -> class; same canonical form implies equivalence
     reps, members = [], []
