@@ -434,3 +434,30 @@ def test_too_many_bad_boxes_fail_setup(tmp_path, limit):
         with pytest.raises(ValueError, match=r"3 of 8 annotations of .*objects\.json \(37\.50%\).*outside_image: 2"):
             _dm(root, tmp_path, min_images=1, **kw).setup("fit")
     assert list((tmp_path / "cache").glob("vg_*.npz"))
+
+
+def test_box_geometry_against_a_pixel_scan():
+    """Each box's fate from the pixels it touches, scanned one by one over a padded frame (a pixel j covers
+    [j, j + 1); a box touches it when the open intervals overlap, a zero-width box touches the pixel holding it)."""
+    from data_modules._instance_tables import box_geometry
+
+    rng = np.random.default_rng(0)
+    n = 300
+    boxes = np.stack([rng.integers(-12, 30, n) / 2, rng.integers(-12, 30, n) / 2,
+                      rng.integers(-2, 12, n) / 2, rng.integers(-2, 12, n) / 2], 1).astype(np.float32)
+    heights, widths = rng.integers(4, 10, n), rng.integers(4, 10, n)
+    got = box_geometry(boxes, heights, widths)
+
+    def touched(start, size, j):
+        return (start < j + 1 and start + size > j) if size > 0 else j <= start < j + 1
+
+    for i, (x, y, w, h) in enumerate(boxes.astype(float)):
+        if w < 0 or h < 0:
+            assert got["negative_size"][i] and not got["outside_image"][i] and not got["clipped"][i]
+            continue
+        cols = [j for j in range(-20, 40) if touched(x, w, j)]
+        rows = [j for j in range(-20, 40) if touched(y, h, j)]
+        inside = [(r, c) for r in rows for c in cols if 0 <= r < heights[i] and 0 <= c < widths[i]]
+        assert got["outside_image"][i] == (not inside), (i, x, y, w, h)
+        assert got["clipped"][i] == (bool(inside) and len(inside) < len(rows) * len(cols)), (i, x, y, w, h)
+    assert got["outside_image"].sum() > 20 and got["clipped"].sum() > 20 and got["negative_size"].sum() > 20
