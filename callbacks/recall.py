@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks import register_default_callbacks
+from callbacks.result_writer import tensorboard_of
 from lit_explain.atomic import atomic_write_json
 from lit_explain.methods.lavise import LaViSE
 from lit_explain.metrics.recall import RecallAtK
@@ -118,12 +118,13 @@ class FilterRecall(Callback):
         log.info("recall@k over %d pairs: %s", int(self.results["lavise"]["pairs"]), summary)
 
     def _log(self, trainer: Trainer) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for name, r in self.results.items():
-                    for key, value in r.items():
-                        if key.startswith("recall") and not math.isnan(value):
-                            logger.experiment.add_scalar(f"recall/{name}/{key}", value, 0)
+        tb = tensorboard_of(trainer)
+        if tb is None:
+            return
+        for name, r in self.results.items():
+            for key, value in r.items():
+                if key.startswith("recall") and not math.isnan(value):
+                    tb.add_scalar(f"recall/{name}/{key}", value, 0)
 
 
 register_default_callbacks(LaViSE, FilterRecall)
