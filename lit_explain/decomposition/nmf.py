@@ -31,17 +31,20 @@ Initialisation (``init``):
 * ``random``: sqrt(mean / k) · |N(0, 1)| from a generator seeded with ``seed`` (draws depend on the batch
   shape, so a class padded into another batch starts differently; nndsvd(a) does not).
 
-The top-k singular triplets come from a randomized range finder (Halko et al.) with one Gaussian test matrix
-(C, k + 10) shared by all classes, drawn from ``seed`` (so the init is deterministic for a seed and does not
-depend on which other classes, or how many padded rows, share the batch), with 7 power iterations; for the
-top few triplets it is exact to float precision on the data this method sees.
+The top-k singular triplets come from the eigenvectors of XᵀX (C x C, float64) when C is small, else from a
+randomized range finder (Halko et al.) with one Gaussian test matrix (C, k + 10) shared by all classes, drawn
+from ``seed``, and 7 power iterations. Either way the init is deterministic for a seed and does not depend on
+which other classes, or how many padded rows, share the batch; for the top few triplets both are exact to
+float precision on the data this method sees.
 
 Padding: class b owns the first ``n_rows[b]`` rows of X[b]; the rest are ignored (set to 0). Zero rows of X
 keep zero rows of W under both solvers, so a padded class gets the same factors as when run alone.
 
-Convergence: per class, the relative error e_t = ‖X − W H‖_F / ‖X‖_F is tracked every iteration (from
-traces, without forming W H) and a class stops when e_{t-1} − e_t < tol · e_0 (sklearn's rule for ``mu``).
-A stopped class is no longer updated; the loop ends when all have stopped or after ``max_iter`` iterations.
+Convergence: per class, the relative error e_t = ‖X − W H‖_F / ‖X‖_F (from traces, without forming W H) is
+checked every 10 iterations, and a class stops when its mean decrease per iteration since the last check,
+(e_{t-10} − e_t) / 10, is below tol · e_0 (sklearn's ``mu`` solver checks every 10 iterations too; a per-step
+check stopped on short plateaus). A stopped class is no longer updated; the loop ends when all have stopped or
+after ``max_iter`` iterations.
 
 Bad input: NaN/inf raise; negative entries raise (naming the minimum and the class), unless
 ``negative="shift"`` subtracts each class's minimum; a class whose rows are all zero, or that has fewer rows
@@ -60,6 +63,7 @@ SOLVERS = ("hals", "mu", "sklearn")
 INITS = ("nndsvda", "nndsvd", "random", "custom")
 _EPS_ZERO = 1e-6  # nndsvd entries below this become exact zeros
 _OVERSAMPLE = 10
+_CHECK_EVERY = 10  # iterations between convergence checks (sklearn's mu solver checks every 10)
 _POWER_ITERS = 7
 
 
@@ -100,14 +104,29 @@ def _row_mask(n_rows: torch.Tensor, n: int) -> torch.Tensor:
     return (torch.arange(n, device=n_rows.device)[None, :] < n_rows[:, None])[..., None]
 
 
-def _top_singular(X: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+SVD_METHODS = ("auto", "gram", "randomized")
+
+
+def _top_singular(X: torch.Tensor, k: int, seed: int, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k singular triplets of each X[b] (B, n, C): U (B, n, k), S (B, k), V (B, C, k).
 
-    Randomized range finder: Q = orth((X Xᵀ)^q X Ω) with one test matrix Ω (C, l) for all classes, then the
-    exact SVD of the small Qᵀ X (B, l, C).
+    ``gram``: eigenvectors of XᵀX (B, C, C) in float64 (exact; cost n·C² + C³ per class, and independent of
+    padded rows). ``randomized``: range finder Q = orth((X Xᵀ)^q X Ω) with one test matrix Ω (C, l) drawn from
+    ``seed`` for all classes, then the exact SVD of the small Qᵀ X (cost about 2(q+1)·n·C·l per class).
+    ``auto`` takes the cheaper: gram while C <= 2(q+1)·l (256 channels for k=6), randomized above.
     """
     B, n, C = X.shape
     l = min(k + _OVERSAMPLE, C)
+    if method == "auto":
+        method = "gram" if C <= 2 * (_POWER_ITERS + 1) * l else "randomized"
+    if method == "gram":
+        G = (X.transpose(1, 2) @ X).double()
+        evals, evecs = torch.linalg.eigh(G)  # ascending
+        V = evecs.flip(-1)[:, :, :k].to(X.dtype)  # (B, C, k)
+        S = evals.flip(-1)[:, :k].clamp(min=0).sqrt().to(X.dtype)
+        U = (X @ V) / S.clamp(min=torch.finfo(X.dtype).tiny)[:, None, :]
+        U = torch.where(S[:, None, :] > 0, U, torch.zeros_like(U))
+        return U, S, V
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     omega = torch.randn(C, l, generator=g, dtype=torch.float64).to(device=X.device, dtype=X.dtype)
     Q = torch.linalg.qr(X @ omega).Q  # (B, n, min(n, l))
@@ -120,7 +139,8 @@ def _top_singular(X: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, tor
 
 
 def nndsvd_init(
-    X: torch.Tensor, k: int, n_rows: torch.Tensor | None = None, fill: bool = True, seed: int = 0
+    X: torch.Tensor, k: int, n_rows: torch.Tensor | None = None, fill: bool = True, seed: int = 0,
+    svd: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NNDSVD starting factors of every class, vectorised over classes and components.
 
@@ -130,14 +150,18 @@ def nndsvd_init(
         n_rows: (B,) rows each class owns (default: all n).
         fill: fill the zeros with the class's mean entry (``nndsvda``) rather than leave them (``nndsvd``).
         seed: seed of the randomized SVD's test matrix.
+        svd: how the top singular triplets are found: ``auto``, ``gram`` or ``randomized`` (see
+            :func:`_top_singular`).
 
     Returns:
         W0 (B, n, k) (zero on padded rows), H0 (B, k, C).
     """
     B, n, C = X.shape
+    if svd not in SVD_METHODS:
+        raise ValueError(f"nndsvd_init: svd must be one of {SVD_METHODS}, got {svd!r}")
     if n_rows is None:
         n_rows = torch.full((B,), n, device=X.device, dtype=torch.long)
-    U, S, V = _top_singular(X, k, seed)
+    U, S, V = _top_singular(X, k, seed, svd)
     rows = _row_mask(n_rows, n).to(X.dtype)
     U = U * rows
     up, un = U.clamp(min=0), (-U).clamp(min=0)
@@ -175,44 +199,63 @@ def _random_init(X: torch.Tensor, k: int, n_rows: torch.Tensor, seed: int) -> tu
     return W * _row_mask(n_rows, n).to(X.dtype), H
 
 
-def _hals_step(X: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One HALS sweep (all columns of W, then all rows of H); returns W, H and the new squared error (B,)."""
-    k = W.shape[2]
-    XHt = X @ H.transpose(1, 2)  # (B, n, k)
+# The solvers keep W transposed, Wt (B, k, n), and X in both layouts, X (B, n, C) and Xt (B, C, n), so the two
+# large products of an iteration, X Hᵀ (as H Xᵀ) and Wᵀ X, are plain contiguous batched matmuls and each
+# column update of W writes one contiguous row of Wt (strided column writes and transposed operands made a
+# sweep several times slower on the CPU).
+
+
+def _hals_step(X, Xt, xx, Wt, H, live, sweeps: int = 1):
+    """One HALS iteration in place; returns the new squared error (B,).
+
+    X (B, n, C), Xt (B, C, n), xx (B,) = ‖X‖², Wt (B, k, n), H (B, k, C); classes with ``live`` (B,) False
+    keep their factors. The W half needs X Hᵀ and H Hᵀ, the H half Wᵀ X and Wᵀ W; those products cost n·C·k
+    per class, while one coordinate sweep over the k columns given them costs only (n or C)·k². With
+    ``sweeps`` > 1 each half repeats its sweep (accelerated HALS, Gillis & Glineur 2012), which buys more
+    decrease per pass over X. ``sweeps=1`` is exactly sklearn's coordinate-descent iteration.
+    """
+    XHt = H @ Xt  # (B, k, n): (X Hᵀ)ᵀ
     HHt = H @ H.transpose(1, 2)  # (B, k, k)
-    W = W.clone()
-    for t in range(k):
-        hess = HHt[:, t, t]  # (B,)
-        grad = (W @ HHt[:, :, t : t + 1])[:, :, 0] - XHt[:, :, t]  # (B, n)
-        upd = (W[:, :, t] - grad / hess.clamp(min=torch.finfo(X.dtype).tiny)[:, None]).clamp(min=0)
-        W[:, :, t] = torch.where(hess[:, None] > 0, upd, W[:, :, t])
-    WtX = W.transpose(1, 2) @ X  # (B, k, C)
-    WtW = W.transpose(1, 2) @ W  # (B, k, k)
-    H = H.clone()
-    for t in range(k):
-        hess = WtW[:, t, t]
-        grad = (WtW[:, t : t + 1, :] @ H)[:, 0, :] - WtX[:, t, :]  # (B, C)
-        upd = (H[:, t, :] - grad / hess.clamp(min=torch.finfo(X.dtype).tiny)[:, None]).clamp(min=0)
-        H[:, t, :] = torch.where(hess[:, None] > 0, upd, H[:, t, :])
-    return W, H, _sq_error(X, WtX, WtW, H)
+    _sweep(Wt, XHt, HHt, live, sweeps)
+    WtX = Wt @ X  # (B, k, C)
+    WtW = Wt @ Wt.transpose(1, 2)  # (B, k, k)
+    _sweep(H, WtX, WtW, live, sweeps)
+    return _sq_error(xx, WtX, WtW, H)
 
 
-def _mu_step(X: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One multiplicative update of W then H (Frobenius loss); zero denominators become float32 eps."""
+def _sweep(F: torch.Tensor, P: torch.Tensor, G: torch.Tensor, live: torch.Tensor, sweeps: int) -> None:
+    """Coordinate descent on the rows of F (B, k, m) in place: row t <- max(0, F_t + (P_t − G_t F) / G_tt).
+
+    F is Wᵀ (P = H Xᵀ, G = H Hᵀ) or H (P = Wᵀ X, G = Wᵀ W). A row with G_tt = 0, or of a frozen class, gets
+    the step factor 0 and so keeps its (non-negative) values, as sklearn skips it.
+    """
+    diag = torch.diagonal(G, dim1=1, dim2=2)  # (B, k)
+    ok = (diag > 0) & live[:, None]
+    inv = torch.where(ok, 1.0 / torch.where(ok, diag, torch.ones_like(diag)), torch.zeros_like(diag))
+    for _ in range(sweeps):
+        for t in range(F.shape[1]):
+            num = torch.baddbmm(P[:, t : t + 1, :], G[:, t : t + 1, :], F, alpha=-1)  # (B, 1, m)
+            F[:, t : t + 1, :] = torch.addcmul(F[:, t : t + 1, :], num, inv[:, t, None, None]).clamp_(min=0)
+
+
+def _mu_step(X, Xt, xx, Wt, H, live, sweeps: int = 1):
+    """One multiplicative update of W then H (Frobenius loss) in place; zero denominators become float32 eps."""
     eps = torch.finfo(torch.float32).eps
+    keep = (~live)[:, None, None]
     HHt = H @ H.transpose(1, 2)
-    den = W @ HHt
-    W = W * (X @ H.transpose(1, 2)) / torch.where(den == 0, torch.full_like(den, eps), den)
-    WtX = W.transpose(1, 2) @ X
-    WtW = W.transpose(1, 2) @ W
+    den = HHt @ Wt  # (B, k, n) = (W H Hᵀ)ᵀ
+    ratio = (H @ Xt) / torch.where(den == 0, torch.full_like(den, eps), den)
+    Wt.mul_(ratio.masked_fill_(keep, 1.0))
+    WtX = Wt @ X
+    WtW = Wt @ Wt.transpose(1, 2)
     den = WtW @ H
-    H = H * WtX / torch.where(den == 0, torch.full_like(den, eps), den)
-    return W, H, _sq_error(X, WtX, WtW, H)
+    ratio = WtX / torch.where(den == 0, torch.full_like(den, eps), den)
+    H.mul_(ratio.masked_fill_(keep, 1.0))
+    return _sq_error(xx, WtX, WtW, H)
 
 
-def _sq_error(X: torch.Tensor, WtX: torch.Tensor, WtW: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """(B,) ‖X − W H‖²_F = ‖X‖² − 2⟨WᵀX, H⟩ + ⟨WᵀW, H Hᵀ⟩ without forming W H."""
-    xx = X.flatten(1).pow(2).sum(1)
+def _sq_error(xx: torch.Tensor, WtX: torch.Tensor, WtW: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """(B,) ‖X − W H‖²_F = ‖X‖² − 2⟨WᵀX, H⟩ + ⟨WᵀW, H Hᵀ⟩ without forming W H (xx = ‖X‖²)."""
     cross = (WtX * H).flatten(1).sum(1)
     quad = (WtW * (H @ H.transpose(1, 2))).flatten(1).sum(1)
     return (xx - 2 * cross + quad).clamp(min=0)
@@ -237,6 +280,7 @@ def batched_nmf(
     negative: str = "error",
     W0: torch.Tensor | None = None,
     H0: torch.Tensor | None = None,
+    sweeps: int = 2,
 ) -> NMFResult:
     """Factorise every class X[b] ≈ W[b] H[b] with non-negative factors, all classes at once.
 
@@ -254,6 +298,11 @@ def batched_nmf(
         negative: ``error`` (default) raises on a negative entry; ``shift`` subtracts each class's minimum
             (over its own rows) first, so the factors describe X − min instead of X (recorded in ``shift``).
         W0, H0: (B, n, k) and (B, k, C) non-negative starting factors for ``init="custom"``.
+        sweeps: ``hals`` only: coordinate sweeps per half-iteration, >= 1. Each iteration computes the two
+            products that read all of X (n·C·k per class) and then sweeps the k columns of W (rows of H) this
+            many times, which costs only n·k² (C·k²) each (accelerated HALS, Gillis & Glineur 2012). 2
+            (default) needed about a third fewer iterations than 1 on random data for the same error;
+            1 is sklearn's ``cd`` iteration exactly.
 
     Returns:
         :class:`NMFResult`.
@@ -268,6 +317,7 @@ def batched_nmf(
         raise ValueError(f"batched_nmf: k={k} components exceed the C={C} columns (channels); use k <= {C}")
     _check_int("max_iter", max_iter, 1)
     _check_int("seed", seed, 0)
+    _check_int("sweeps", sweeps, 1)
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
         raise ValueError(f"batched_nmf: tol must be a number >= 0, got {tol!r}")
     if solver not in SOLVERS:
@@ -284,9 +334,12 @@ def batched_nmf(
     if not bool(torch.isfinite(X).all()):
         raise ValueError("batched_nmf: X contains NaN or inf; check the activations / relevance maps feeding it")
     rows = _row_mask(n_rows, n)
-    X = X * rows.to(X.dtype)
-    big = torch.tensor(float("inf"), dtype=X.dtype, device=X.device)
-    mins = torch.where(rows, X, big).amin(dim=(1, 2))  # (B,) inf for classes without rows
+    if bool((n_rows < n).any()):
+        X = X * rows.to(X.dtype)
+        big = torch.tensor(float("inf"), dtype=X.dtype, device=X.device)
+        mins = torch.where(rows, X, big).amin(dim=(1, 2))  # (B,) inf for classes without rows
+    else:
+        mins = X.amin(dim=(1, 2))
     shift = torch.zeros(B, dtype=X.dtype, device=X.device)
     if bool((mins < 0).any()):
         b = int(mins.argmin())
@@ -299,7 +352,7 @@ def batched_nmf(
         X = (X - shift[:, None, None]) * rows.to(X.dtype)
 
     skipped: dict[int, str] = {}
-    zero = X.flatten(1).abs().amax(dim=1) == 0
+    zero = X.flatten(1).amax(dim=1) == 0  # X >= 0 here
     for b in torch.nonzero((n_rows < k) | zero).flatten().tolist():
         nb = int(n_rows[b])
         skipped[b] = (f"{nb} rows < k={k} components: give the class more images or lower k" if nb < k else
@@ -328,28 +381,44 @@ def batched_nmf(
         return _sklearn_loop(X, k, n_rows, valid, skipped, shift, init, W, H, max_iter, tol, seed)
 
     step = _hals_step if solver == "hals" else _mu_step
-    xnorm2 = X.flatten(1).pow(2).sum(1)
-    xnorm = xnorm2.sqrt().clamp(min=torch.finfo(X.dtype).tiny)
-    err0 = _sq_error(X, W.transpose(1, 2) @ X, W.transpose(1, 2) @ W, H).sqrt() / xnorm  # (B,)
+    xx = X.flatten(1).pow(2).sum(1)
+    xnorm = xx.sqrt().clamp(min=torch.finfo(X.dtype).tiny)
+    Wt = W.transpose(1, 2).contiguous()  # (B, k, n)
+    H = H.contiguous()
+    err0 = _sq_error(xx, Wt @ X, Wt @ Wt.transpose(1, 2), H).sqrt() / xnorm  # (B,)
     prev = err0.clone()
     n_iter = torch.zeros(B, dtype=torch.long, device=X.device)
     converged = torch.zeros(B, dtype=torch.bool, device=X.device)
-    active = valid.clone()
-    idx = torch.nonzero(active).flatten()
-    Xa = X[idx]
-    for _ in range(max_iter):
-        if idx.numel() == 0:
+    # Converged classes are frozen in place (``live`` False) and dropped from the working copies only once a
+    # quarter of them is frozen: each drop copies the remaining data, so dropping one class at a time cost more
+    # than the frozen classes' wasted arithmetic.
+    idx = torch.nonzero(valid).flatten()
+    full = idx.numel() == B  # all classes in the working set: work on the tensors themselves, no copies
+    Xa, Xta, xxa = (X, X.transpose(1, 2).contiguous(), xx) if full else (X[idx], X[idx].transpose(1, 2).contiguous(), xx[idx])
+    Wa, Ha = (Wt, H) if full else (Wt[idx], H[idx])
+    live = torch.ones(idx.numel(), dtype=torch.bool, device=X.device)
+    for it in range(1, max_iter + 1):
+        if not bool(live.any()):
             break
-        Wa, Ha, sq = step(Xa, W[idx], H[idx])
-        W[idx], H[idx] = Wa, Ha
-        n_iter[idx] += 1
+        sq = step(Xa, Xta, xxa, Wa, Ha, live, sweeps)
+        n_iter[idx[live]] += 1
+        if it % _CHECK_EVERY:
+            continue
         err = sq.sqrt() / xnorm[idx]
-        done = (prev[idx] - err) < tol * err0[idx]
-        prev[idx] = err
+        done = live & ((prev[idx] - err) < _CHECK_EVERY * tol * err0[idx])
+        prev[idx] = torch.where(live, err, prev[idx])
         if bool(done.any()):
             converged[idx[done]] = True
-            keep = ~done
-            idx, Xa = idx[keep], Xa[keep]
+            live = live & ~done
+            if 4 * int((~live).sum()) >= live.numel():
+                if not full:
+                    Wt[idx], H[idx] = Wa, Ha
+                idx, Xa, Xta, xxa, Wa, Ha = idx[live], Xa[live], Xta[live], xxa[live], Wa[live], Ha[live]
+                live = live[live]
+                full = False
+    if not full and idx.numel():
+        Wt[idx], H[idx] = Wa, Ha
+    W = Wt.transpose(1, 2).contiguous()
     error = relative_error(X, W, H)
     error = torch.where(valid, error, torch.full_like(error, float("nan")))
     return NMFResult(W=W, H=H, error=error, n_iter=n_iter, converged=converged, valid=valid, skipped=skipped,

@@ -40,7 +40,7 @@ def test_same_init_same_iterations_as_sklearn(solver, sk_solver):
     """HALS is sklearn's coordinate descent and mu its multiplicative update: same start, same steps, same factors."""
     X, k, iters = _data(), 4, 30
     W0, H0 = nndsvd_init(X, k)
-    res = batched_nmf(X, k, solver=solver, init="custom", W0=W0, H0=H0, tol=0.0, max_iter=iters)
+    res = batched_nmf(X, k, solver=solver, init="custom", W0=W0, H0=H0, tol=0.0, max_iter=iters, sweeps=1)
     for b in range(X.shape[0]):
         w, h = _sk_custom(X[b].numpy(), k, W0[b].numpy(), H0[b].numpy(), sk_solver, iters)
         sk_err = np.linalg.norm(X[b].numpy() - w @ h) / np.linalg.norm(X[b].numpy())
@@ -159,6 +159,7 @@ def test_all_zero_and_too_few_rows_are_skipped_with_reason():
     ({"k": 0}, "k must be an int >= 1"),
     ({"k": 6}, "k=6 components exceed the C=5"),
     ({"k": 2, "max_iter": 0}, "max_iter must be an int >= 1"),
+    ({"k": 2, "sweeps": 0}, "sweeps must be an int >= 1"),
     ({"k": 2, "tol": -1.0}, "tol must be a number >= 0"),
     ({"k": 2, "solver": "pgd"}, "solver must be one of"),
     ({"k": 2, "init": "svd"}, "init must be one of"),
