@@ -19,6 +19,7 @@ machine, but reusing it saves two minutes and isolates the comparison to the exp
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -62,8 +63,17 @@ def run(workdir: Path, sub: str, config: str, extra: list[str], log: Path) -> fl
     return time.perf_counter() - t0
 
 
+def _value(cell: str) -> str:
+    """A CSV cell with numbers at 6 significant digits (the coarsest float format a table was ever written in)."""
+    try:
+        return f"{float(cell):.6g}"
+    except ValueError:
+        return cell
+
+
 def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every CSV under ``folder`` (not TensorBoard) and of the ``rows`` of every result JSON."""
+    """sha256 of every CSV under ``folder`` (not TensorBoard), of its values at 6 significant digits (``:values``,
+    which survives a change of float format), and of the ``rows`` of every result JSON."""
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
@@ -71,6 +81,9 @@ def digest(folder: Path) -> dict[str, str]:
             continue
         if p.suffix == ".csv":
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            with open(p, newline="") as f:
+                cells = [[_value(c) for c in row] for row in csv.reader(f)]
+            out[rel + ":values"] = hashlib.sha256(json.dumps(cells).encode()).hexdigest()
         elif p.suffix == ".json":
             data = json.loads(p.read_text())
             if isinstance(data, dict) and "rows" in data:
@@ -95,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world-from", type=Path, help="workdir whose data/ and trained CNN are reused")
     ap.add_argument("--compare", type=Path, help="digests.json of another run: exit 1 on any difference")
     ap.add_argument("--only", default="", help="comma-separated names to run (default: all)")
+    ap.add_argument("--digest-only", action="store_true", help="recompute digests.json from the outputs, run nothing")
     args = ap.parse_args(argv)
     wd = args.workdir.resolve()
+    if args.digest_only:
+        digests = {name: digest(wd / out) for name, _, _, _, out in SYNTHETIC + REAL if out and (wd / out).is_dir()}
+        return _finish(wd, digests, args.compare)
     (wd / "logs").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(wd / "cache", ignore_errors=True)
     if args.world_from:
@@ -121,19 +138,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} {sub}: {secs:.0f} s", flush=True)
         if out:
             digests[name] = digest(wd / out)
+    return _finish(wd, digests, args.compare)
+
+
+def _finish(wd: Path, digests: dict[str, dict[str, str]], compare: Path | None) -> int:
+    """Write digests.json; with ``compare``, list every table whose bytes differ and say whether its values do."""
     (wd / "digests.json").write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
-    if args.compare:
-        ref = json.loads(args.compare.read_text())
-        bad = []
-        for name, files in digests.items():
-            for rel, h in files.items():
-                if ref.get(name, {}).get(rel) != h:
-                    bad.append(f"{name}/{rel}")
-            bad += [f"{name}/{rel} (missing)" for rel in ref.get(name, {}) if rel not in files]
-        if bad:
-            print("DIFFERENT:\n  " + "\n  ".join(bad))
-            return 1
-        print(f"identical: {sum(len(v) for v in digests.values())} tables of {len(digests)} configs")
+    if not compare:
+        return 0
+    ref = json.loads(compare.read_text())
+    same_bytes, same_values, bad = [], [], []
+    for name, files in digests.items():
+        for rel, h in files.items():
+            if rel.endswith(":values") or rel.endswith(":rows"):
+                continue
+            key = f"{name}/{rel}"
+            if ref.get(name, {}).get(rel) == h:
+                same_bytes.append(key)
+            elif ref.get(name, {}).get(rel + ":values") == files.get(rel + ":values"):
+                same_values.append(key)
+            else:
+                bad.append(key)
+        bad += [f"{name}/{rel} (missing)" for rel in ref.get(name, {}) if rel not in files]
+    print(f"byte-identical: {len(same_bytes)} tables: {', '.join(same_bytes)}")
+    if same_values:
+        print(f"same values, other bytes (float format): {', '.join(same_values)}")
+    if bad:
+        print("DIFFERENT: " + ", ".join(bad))
+        return 1
     return 0
 
 
