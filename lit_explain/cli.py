@@ -235,7 +235,7 @@ class ExplainCLI(LightningCLI):
         parser.set_defaults({"trainer.logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                                 "init_args": {"save_dir": "outputs/tensorboard"}}})
         parser.add_argument("--log_level", type=str, default="INFO",
-                            help="level of lit_explain's messages on stderr (progress of the searches, caches, outputs)")
+                            help="level of lit_explain's messages on stderr (search progress, caches, outputs)")
         parser.add_argument("--print_layers", action=ActionYesNo, default=False,
                             help="list the probe-able layers of the configured model (model.init_args.model) with "
                                  "their output shapes from one dummy forward pass, and exit without running")
@@ -317,7 +317,7 @@ def _run(args: ArgsType) -> ExplainCLI | None:
     listed = isinstance(args, (list, tuple))
     argv = list(args) if listed else (sys.argv[1:] if args is None else [])
     if argv and argv[0] == "check":
-        from lit_explain.broden_check import main as check_main
+        from lit_explain.datasets.broden_check import main as check_main
 
         code = check_main(argv[1:])
         if code:

@@ -124,7 +124,7 @@ def test_missing_dataset_exits_nonzero_without_cache(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "trainer_cli.py"), "predict", "--config", str(ROOT / "tests/conf/netdissect_miniature.yaml"),
+        [sys.executable, str(ROOT / "trainer_cli.py"), "predict", "--config", str(MINIATURE),
          "--data.root", str(tmp_path / "no_such_broden"), "--data.cache_dir", str(tmp_path / "cache"),
          "--model.cache_dir", str(tmp_path / "cache"), "--model.output_dir", str(tmp_path / "out")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -118,7 +118,8 @@ def test_lavise_template_runs_when_filled_in(tmp_path, monkeypatch):
              "data.init_args.root": str(world.export_root)}
     assert set(changed_keys(template)) == set(fills)
     speed = {"model.init_args.text_encoder": {"class_path": "tests.methods.lavise_fakes.HashEncoder"},
-             "model.init_args.input_size": 32, "data.init_args.image_size": 32, "data.init_args.image_dirs": ["VG_100K"],
+             "model.init_args.input_size": 32, "data.init_args.image_size": 32,
+             "data.init_args.image_dirs": ["VG_100K"],
              "data.init_args.min_images": 2, "data.init_args.batch_size": 16,
              "trainer.max_epochs": 1, "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1,
              "model.init_args.top_images": 4}
