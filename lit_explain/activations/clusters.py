@@ -19,7 +19,8 @@ state that is exact under DDP), and the DP then runs on at most 63,488 finite po
 dataset size. Other dtypes go through ``torch.unique``.
 
 Conventions (CCE): exact zeros are dropped when every value is ≥ 0 (post-ReLU layers; ``drop_zeros="auto"``);
-ranges are ``(min, max)`` of each cluster, sorted ascending; bitmaps are ``lo < upsampled < hi`` (strict, so each
+ranges are ``(min, max)`` of each cluster, sorted ascending; bitmaps are ``lo < upsampled < hi``
+(:func:`lit_explain.activations.bitmaps.unit_bitmaps`; strict, so each
 cluster's own min and max and any upsampled value between two clusters are outside every range); K = 1 is
 NetDissect's single range ``(thr, +inf)`` with the caller's quantile threshold. Non-finite values are ignored.
 With fewer distinct values than K, each distinct value is its own cluster (fewer ranges).
@@ -39,7 +40,6 @@ __all__ = [
     "activation_ranges",
     "unit_activation_ranges",
     "Fp16Histogram",
-    "range_bitmaps",
 ]
 
 
@@ -374,34 +374,3 @@ def unit_activation_ranges(
         activation_ranges(torch.as_tensor(np.asarray(acts[:, j])), k, None, drop_zeros, method, n_init, seed)
         for j in range(u)
     ]
-
-
-# ---------------------------------------------------------------------- bitmaps
-def range_bitmaps(upsampled: torch.Tensor, ranges) -> torch.Tensor:
-    """Bitmaps ``lo < a < hi`` (strict on both sides) of upsampled activations for several ranges.
-
-    Args:
-        upsampled: activations on the mask grid: (..., sh, sw) for one unit, or (B, U, sh, sw) with per-unit
-            ranges.
-        ranges: (R, 2) (a list of ``(lo, hi)`` or a tensor) applied to every value, or (U, R, 2) per unit (then
-            ``upsampled`` is (B, U, ...)). ``hi = inf`` gives NetDissect's ``a > thr``.
-
-    Returns:
-        (R, *upsampled.shape) bool for (R, 2) ranges; (B, U, R, ...) for (U, R, 2) ranges. Comparisons run in
-        the activations' dtype (float16 cluster bounds are exact in float32).
-    """
-    x = upsampled if upsampled.is_floating_point() else upsampled.to(torch.float32)
-    r = torch.as_tensor(ranges, dtype=torch.float64).to(x.dtype)  # bounds in the activations' dtype, as unit_bitmaps
-    if r.ndim == 2:
-        shape = (r.shape[0],) + (1,) * x.ndim
-        lo, hi = r[:, 0].view(shape), r[:, 1].view(shape)
-        return (x.unsqueeze(0) > lo) & (x.unsqueeze(0) < hi)
-    if r.ndim == 3:
-        if x.shape[1] != r.shape[0]:
-            raise ValueError(f"range_bitmaps: {r.shape[0]} units of ranges for activations of shape {tuple(x.shape)}")
-        extra = x.ndim - 2
-        lo = r[..., 0].view(1, r.shape[0], r.shape[1], *([1] * extra))
-        hi = r[..., 1].view(1, r.shape[0], r.shape[1], *([1] * extra))
-        xx = x.unsqueeze(2)
-        return (xx > lo) & (xx < hi)
-    raise ValueError(f"range_bitmaps: ranges must be (R, 2) or (U, R, 2), got shape {tuple(r.shape)}")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from lit_explain.concepts.index import ConceptIndex
+from lit_explain.metrics.functional.iou import iou_from_counts
 
 __all__ = [
     "HEURISTICS",
@@ -283,8 +284,7 @@ def estimate(
         else:
             area_lo = aL - box_overlap(left.box[:, None, :], right_box)
         area_lo = torch.maximum(area_lo, inter_hat)
-        den = total + area_lo.sum(0) - num
-        est = num.to(torch.float64) / den.to(torch.float64)
+        est = iou_from_counts(num, total, area_lo.sum(0))  # union >= |A| > 0: area_lo >= inter_hat
     else:
         raise ValueError(f"unknown heuristic {heuristic!r}; expected one of {HEURISTICS}")
     if bool(scene.any()):
@@ -294,7 +294,6 @@ def estimate(
         else:
             area_s = torch.minimum(aL, aR)
             inter_s = torch.minimum(iLm, iRm)
-        ns, ds = inter_s.sum(0), (total + area_s.sum(0) - inter_s.sum(0))
-        exact = ns.to(torch.float64) / ds.clamp(min=1).to(torch.float64)
+        exact = iou_from_counts(inter_s.sum(0), total, area_s.sum(0))
         est = torch.where(scene, exact, est)
     return est

@@ -47,7 +47,9 @@ from lit_explain.concepts.formulas import OPS, Formula, Leaf, extend
 from lit_explain.concepts.heuristics import HEURISTICS, LeafGeometry, SideInfo, bounding_boxes, estimate
 from lit_explain.concepts.heuristics import inscribed_rectangles
 from lit_explain.concepts.index import ConceptIndex
-from lit_explain.concepts.tally import SearchContext, UnitTally, extension_counts, formula_stats, iou_from_counts
+from lit_explain.concepts.tally import SearchContext, UnitTally, extension_counts, formula_stats
+from lit_explain.metrics.functional.iou import iou_from_counts
+from lit_explain.metrics.functional.sample_counts import detection_accuracy_from_counts
 
 __all__ = ["SCORERS", "BeamEntry", "SearchResult", "beam_search", "detacc_optimal_search", "SearchContext"]
 
@@ -166,9 +168,7 @@ def _exact_step(
 
 # ---------------------------------------------------------------------- dense / heuristic scorers
 def _dense_iou(g: torch.Tensor, bitmap: torch.Tensor, total: int) -> float:
-    inter = int(torch.count_nonzero(g & bitmap))
-    union = total + int(torch.count_nonzero(g)) - inter
-    return inter / union if union > 0 else 0.0
+    return float(iou_from_counts(torch.count_nonzero(g & bitmap), total, torch.count_nonzero(g)))
 
 
 def _left_info(ctx: SearchContext, tally: UnitTally, f: Formula, mask: torch.Tensor, heuristic: str) -> SideInfo:
@@ -412,8 +412,6 @@ def detacc_optimal_search(
     Returns:
         (result at the chosen length, its DetAcc).
     """
-    from lit_explain.metrics.functional.detection_accuracy import detection_accuracy_from_counts
-
     s = _Searcher(index, bitmap, beam_size, first_beam_size, scorer, candidate_limit, complexity_penalty,
                   concepts_allowed)
 

@@ -31,6 +31,7 @@ import torch
 
 from lit_explain.concepts.formulas import And, Formula, Leaf, Not, Or
 from lit_explain.concepts.index import ConceptIndex
+from lit_explain.metrics.functional.iou import iou_from_counts  # re-exported: the searches score with it
 
 __all__ = [
     "SearchContext",
@@ -449,9 +450,3 @@ def extension_counts(
     inter = torch.stack([fi + tally.unary_inter - Q, Q, fi - Q])
     area = torch.stack([fa + ctx.concept_areas - P, P, fa - P])
     return inter, area
-
-
-def iou_from_counts(inter: torch.Tensor, area: torch.Tensor, total: int) -> torch.Tensor:
-    """Dataset-level IoU ``inter / (|A| + area - inter)`` as float64, 0 where the union is empty."""
-    union = (total + area - inter).to(torch.float64)
-    return torch.where(union > 0, inter.to(torch.float64) / union.clamp(min=1), torch.zeros_like(union))

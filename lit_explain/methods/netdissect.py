@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_explain.activations.bitmaps import upsample_maps
+from lit_explain.activations.bitmaps import may_fire, unit_bitmaps
 from lit_explain.activations.store import ActivationEntry
 from lit_explain.concepts.index import ConceptIndex
 from lit_explain.methods.dissection import DissectionMethod
@@ -109,8 +109,6 @@ def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tens
     """
     metric = DissectionIoU(len(units), index.num_concepts, concept_category=concept_category)
     thr = thresholds.to(torch.float32)
-    # a margin keeps float rounding of the interpolation from hiding a pixel just above the threshold
-    select = thr - (thr.abs() * 1e-5 + 1e-12)
     units_np = torch.as_tensor(units).numpy()
     # images per chunk: their dense label planes (chunk x depth x H int32) stay around 2**25 values
     chunk_size = max(1, min(1024, (1 << 25) // max(1, index.depth * index.pixel_size)))
@@ -118,11 +116,11 @@ def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tens
         ids = chunk.numpy()
         planes = (chunk, index.label_planes(chunk))
         maxes = torch.from_numpy(np.array(entry.maxes[ids][:, units_np]))  # (B, U)
-        img, unit = torch.nonzero(maxes > select, as_tuple=True)
+        img, unit = torch.nonzero(may_fire(maxes, thr), as_tuple=True)
         acts = torch.from_numpy(np.asarray(entry.acts[ids[img.numpy()], units_np[unit.numpy()]], dtype=np.float32))
         for s in range(0, max(len(img), 1), pairs_per_step):
             sl = slice(s, s + pairs_per_step)
-            up = upsample_maps(acts[sl], index.mask_shape).flatten(1)  # (P, H)
-            metric.update(up > thr[unit[sl]][:, None], chunk[img[sl]], index, pair_units=unit[sl],
+            bits = unit_bitmaps(acts[sl], index.mask_shape, thr[unit[sl]])  # (P, H)
+            metric.update(bits, chunk[img[sl]], index, pair_units=unit[sl],
                           new_images=chunk if s == 0 else None, planes=planes)
     return metric

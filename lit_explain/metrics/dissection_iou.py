@@ -1,11 +1,19 @@
-"""DissectionIoU: the NetDissect unit x concept IoU tally as a torchmetrics Metric (DDP-summable states)."""
+"""DissectionIoU: the NetDissect unit x concept IoU tally as a torchmetrics Metric (DDP-summable states).
+
+The metric does the bookkeeping (which states, how they are summed, the IoU); the counting of bitmap pixels
+per concept is done by the ``index`` passed to ``update``, any object with the counting methods of
+:class:`lit_explain.concepts.index.ConceptIndex` (``image_areas``, ``intersections``, ``category_hits``,
+``pair_intersections``, ``pair_category_hits``). The metrics layer never imports the concepts layer.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torchmetrics import Metric
 
-from lit_explain.concepts.index import ConceptIndex, set_pixels
+from lit_explain.activations.bitmaps import set_pixels
 from lit_explain.metrics.functional.dissection_iou import dissection_iou
 
 __all__ = ["DissectionIoU"]
@@ -40,7 +48,7 @@ class DissectionIoU(Metric):
         self.add_state("unit_category_area", torch.zeros(num_units, max(k, 1), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("num_images", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
-    def update(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, index: ConceptIndex,
+    def update(self, bitmaps: torch.Tensor, image_ids: torch.Tensor, index: Any,
                pair_units: torch.Tensor | None = None, new_images: torch.Tensor | None = None,
                planes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Add a batch, as dense bitmaps of every unit or as sparse (image, unit) pairs.
@@ -49,7 +57,7 @@ class DissectionIoU(Metric):
             bitmaps: dense: (B, U, H) or (B, U, sh, sw) bool unit bitmaps on the index's mask grid;
                 pairs: (P, H) bool, one bitmap per (image, unit) pair (pairs left out must be empty).
             image_ids: dense: (B,) dataset indices; pairs: (P,) the image of each pair.
-            index: the dataset's concept index.
+            index: the dataset's concept index (the object that counts concept pixels under the bitmaps).
             pair_units: pairs only: (P,) unit position of each pair.
             new_images: pairs only: the images whose concept areas this call counts (each image of the dataset
                 must be counted exactly once over all calls, whether or not any of its pairs is active).
@@ -85,7 +93,7 @@ class DissectionIoU(Metric):
             self.unit_category_area.index_add_(0, pair_units.to(self.unit_category_area.device),
                                                (hits.to(torch.int64) * areas[:, None]).to(self.unit_category_area.device))
 
-    def _add_images(self, image_ids: torch.Tensor, index: ConceptIndex) -> None:
+    def _add_images(self, image_ids: torch.Tensor, index: Any) -> None:
         """Count the concept areas of images (each image exactly once), whatever the units do on them."""
         self.concept_area += index.image_areas()[image_ids].to(torch.int64).sum(0).to(self.concept_area.device)
         self.num_images += len(image_ids)

@@ -14,7 +14,6 @@ from lit_explain.activations.clusters import (
     activation_ranges,
     kmeans_1d,
     kmeans_1d_batched,
-    range_bitmaps,
     ranges_from_counts,
     unit_activation_ranges,
 )
@@ -131,19 +130,6 @@ def test_fp16_histogram_path_equals_unique_path():
     assert unit_activation_ranges(acts, k=1, thresholds=torch.tensor([1.0, 2.0, 3.0]))[1] == [(2.0, math.inf)]
 
 
-def test_range_bitmaps_are_strict_on_both_sides():
-    up = torch.tensor([[0.0, 1.0, 1.5, 2.0, 3.0]])
-    b = range_bitmaps(up, [(1.0, 2.0), (2.0, math.inf)])
-    assert b.shape == (2, 1, 5)
-    assert b[0, 0].tolist() == [False, False, True, False, False]
-    assert b[1, 0].tolist() == [False, False, False, False, True]
-    per_unit = range_bitmaps(torch.stack([up, up * 2], 1), torch.tensor([[[0.5, 1.6]], [[2.5, 4.5]]]))  # (B=1,U=2,...)
-    assert per_unit.shape == (1, 2, 1, 5)
-    assert per_unit[0, 0, 0].tolist() == [False, True, True, False, False]
-    assert per_unit[0, 1, 0].tolist() == [False, False, True, True, False]
-
-
-@pytest.mark.slow
 def test_exact_optimum_is_never_worse_than_sklearn_kmeans():
     """scikit-learn parity mode runs, returns sorted ranges, and never beats the exact optimum (import ~10 s)."""
     g = torch.Generator().manual_seed(1)

@@ -5,30 +5,37 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_explain.metrics.activation_coverage import ActivationCoverage
-from lit_explain.metrics.concept_masking import ConceptMaskingScore
-from lit_explain.metrics.detection_accuracy import DetectionAccuracy
-from lit_explain.metrics.explanation_coverage import ExplanationCoverage
-from lit_explain.metrics.explanation_metrics import ExplanationMetrics
-from lit_explain.metrics.functional.activation_coverage import activation_coverage
+from lit_explain.metrics import (
+    ActivationCoverage,
+    AverageMaskSize,
+    ConceptMaskingScore,
+    DetectionAccuracy,
+    ExplanationCoverage,
+    ExplanationIoU,
+    ExplanationMetrics,
+    LabelCoverage,
+    RangeImportance,
+    SamplesCoverage,
+)
 from lit_explain.metrics.functional.concept_masking import (
     concept_masking_inputs,
     concept_masking_score,
     cosine_concept_masking_score,
 )
-from lit_explain.metrics.functional.detection_accuracy import detection_accuracy, detection_accuracy_from_counts
-from lit_explain.metrics.functional.explanation_coverage import explanation_coverage
-from lit_explain.metrics.functional.explanation_metrics import explanation_metrics
-from lit_explain.metrics.functional.iou import explanation_iou
-from lit_explain.metrics.functional.label_coverage import label_coverage
-from lit_explain.metrics.functional.mask_size import avg_mask_size, avg_sizes
+from lit_explain.metrics.functional.iou import iou_from_counts
 from lit_explain.metrics.functional.range_importance import mask_activation_ranges, prediction_changes
-from lit_explain.metrics.functional.samples_coverage import samples_coverage
-from lit_explain.metrics.iou import ExplanationIoU
-from lit_explain.metrics.label_coverage import LabelCoverage
-from lit_explain.metrics.mask_size import AverageMaskSize
-from lit_explain.metrics.range_importance import RangeImportance
-from lit_explain.metrics.samples_coverage import SamplesCoverage
+from lit_explain.metrics.functional.sample_counts import (
+    activation_coverage,
+    avg_mask_size,
+    avg_sizes,
+    detection_accuracy,
+    detection_accuracy_from_counts,
+    explanation_coverage,
+    explanation_iou,
+    explanation_metrics,
+    label_coverage,
+    samples_coverage,
+)
 from tests.helpers.ddp import run_distributed
 
 # 3 samples of 4 pixels. act = [2, 0, 2], label = [1, 2, 0], overlap = [1, 0, 0]
@@ -184,3 +191,29 @@ def test_range_importance_masks_strictly_inside_each_range():
     m = RangeImportance(2)
     m.update(logits, masked)
     assert m.compute().tolist() == pytest.approx([0.0, 2 / 3])
+
+
+def test_iou_from_counts_matches_brute_force_masks_and_is_zero_for_an_empty_union():
+    g = torch.Generator().manual_seed(7)
+    a = torch.rand(6, 50, generator=g) < 0.3
+    b = torch.rand(6, 50, generator=g) < 0.5
+    b[0] = False
+    a[0] = False  # both empty: union 0
+    got = iou_from_counts((a & b).sum(1), a.sum(1), b.sum(1))
+    for i in range(6):
+        union = int((a[i] | b[i]).sum())
+        want = int((a[i] & b[i]).sum()) / union if union else 0.0
+        assert float(got[i]) == want
+    assert got.dtype == torch.float64
+    # broadcasting: one A against several B
+    assert iou_from_counts(torch.tensor([[1, 2]]), torch.tensor([[3], [4]]), torch.tensor([2, 5])).tolist() == [
+        [1 / 4, 2 / 6], [1 / 5, 2 / 7]]
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(num_explanations=0), "num_explanations must be None or >= 1"),
+                                          (dict(pixels_per_sample=0), "pixels_per_sample must be None or >= 1")])
+def test_sample_count_metrics_validate_their_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ExplanationIoU(**kwargs)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AverageMaskSize(kind="area")

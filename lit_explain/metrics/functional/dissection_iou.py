@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from lit_explain.metrics.functional.iou import iou_from_counts
+
 __all__ = ["dissection_iou"]
 
 
@@ -27,12 +29,10 @@ def dissection_iou(intersection: torch.Tensor, unit_area: torch.Tensor, concept_
     Returns:
         (U, C) float64 IoU; 0 where the union is empty.
     """
-    inter = intersection.to(torch.float64)
     if unit_category_area is not None:
         if concept_category is None:
             raise ValueError("concept_category is required with unit_category_area")
-        act = unit_category_area.to(torch.float64)[:, concept_category]
+        act = unit_category_area[:, concept_category]
     else:
-        act = unit_area.to(torch.float64)[:, None]
-    union = act + concept_area.to(torch.float64)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+        act = unit_area[:, None]
+    return iou_from_counts(intersection, act, concept_area[None, :])

@@ -1,22 +1,32 @@
-"""Explanation IoU (CCE ``iou``): ``|A ∧ L| / |A ∨ L|`` summed over the dataset (not a mean of per-sample IoUs)."""
+"""IoU from counts: the one formula every dataset-level IoU of the project goes through.
+
+``IoU = |A ∧ B| / (|A| + |B| − |A ∧ B|)``, computed from three counts (pixels, summed over a dataset or per
+sample) rather than from masks, so that sparse tallies, DDP-summed states and dense references share the same
+arithmetic and the same convention for an empty union: **0** (neither set has a pixel, nothing is explained).
+"""
 
 from __future__ import annotations
 
 import torch
 
 from lit_explain.metrics.functional._ratio import ratio
-from lit_explain.metrics.functional.sample_counts import sample_counts
 
-__all__ = ["explanation_iou", "explanation_iou_from_sums"]
-
-
-def explanation_iou_from_sums(act, label, overlap) -> torch.Tensor:
-    """IoU from dataset sums ``Σ|A_i|``, ``Σ|L_i|``, ``Σ|A_i ∧ L_i|``; 0 when both masks are empty."""
-    act, label, overlap = (torch.as_tensor(t, dtype=torch.int64) for t in (act, label, overlap))
-    return ratio(overlap, act + label - overlap)
+__all__ = ["iou_from_counts"]
 
 
-def explanation_iou(activation: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Dataset-level IoU of bool masks (N, ...) ``activation`` (unit bitmap) and ``label`` (explanation)."""
-    a, m, o = sample_counts(activation, label)
-    return explanation_iou_from_sums(a.sum(), m.sum(), o.sum())
+def iou_from_counts(intersection, area_a, area_b) -> torch.Tensor:
+    """Float64 IoU ``inter / (|A| + |B| − inter)``, broadcast over the three arguments; 0 where the union is 0.
+
+    Args:
+        intersection: ``|A ∧ B|`` (any shape; int or float counts).
+        area_a: ``|A|``, broadcastable against ``intersection``.
+        area_b: ``|B|``, broadcastable against ``intersection``.
+
+    Returns:
+        float64 tensor of the broadcast shape. Counts below 2**53 are exact in float64, so the result is the
+        correctly rounded ratio of the integer counts whatever their dtype.
+    """
+    inter = torch.as_tensor(intersection).to(torch.float64)
+    a = torch.as_tensor(area_a).to(torch.float64)
+    b = torch.as_tensor(area_b).to(torch.float64)
+    return ratio(inter, a + b - inter)

@@ -22,7 +22,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from lit_explain.activations.bitmaps import unit_bitmaps
+from lit_explain.metrics.functional.iou import iou_from_counts
 
 __all__ = [
     "activation_regions",
@@ -83,10 +85,10 @@ def activation_regions(activations: torch.Tensor, thresholds: torch.Tensor, size
         size: (S_h, S_w) the annotation grid.
 
     Returns:
-        (P, S_h, S_w) bool, ``upsample(a) > T`` with ``align_corners=False`` (NetDissect's convention).
+        (P, S_h, S_w) bool, ``upsample(a) > T`` with ``align_corners=False`` (NetDissect's convention), by the
+        same upsampling as the dissection bitmaps (:func:`~lit_explain.activations.bitmaps.unit_bitmaps`).
     """
-    up = F.interpolate(activations[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-    return up > thresholds.to(up.dtype)[:, None, None]
+    return unit_bitmaps(activations, size, thresholds).view(activations.shape[0], *size)
 
 
 def mask_iou(regions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -101,9 +103,7 @@ def mask_iou(regions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """
     r = regions.flatten(1).bool()[:, None, :]  # (P, 1, H)
     m = masks.flatten(2).bool()  # (P, M, H)
-    inter = (r & m).sum(-1)
-    union = (r | m).sum(-1)
-    return torch.where(union > 0, inter.double() / union.clamp(min=1).double(), torch.zeros_like(inter, dtype=torch.float64))
+    return iou_from_counts((r & m).sum(-1), r.sum(-1), m.sum(-1))
 
 
 def iou_ground_truth(
