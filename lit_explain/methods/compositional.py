@@ -58,7 +58,7 @@ from lit_explain.concepts.tally import UnitTally, formula_stats
 from lit_explain.methods.dissection import DissectionMethod
 from lit_explain.metrics.concept_masking import ConceptMaskingScore
 from lit_explain.metrics.functional.concept_masking import concept_masking_inputs
-from lit_explain.metrics.functional.explanation_metrics import explanation_metrics_from_counts
+from lit_explain.metrics.functional.sample_counts import explanation_metrics_from_counts
 from lit_explain.metrics.functional.range_importance import mask_activation_ranges
 from lit_explain.metrics.range_importance import RangeImportance
 
