@@ -11,6 +11,15 @@ from lit_explain.attribution.relevance import (deeplift_compatible, deeplift_smo
                                                smoothgrad_noise, spatial_relevance, weight_activations)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: with several intra-op threads on a loaded machine, thread hand-offs dominate."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _linear_head_model(seed=0, relu=True):
     torch.manual_seed(seed)
     layers = [nn.Conv2d(3, 4, 3, padding=1)] + ([nn.ReLU()] if relu else []) + [nn.Flatten(), nn.Linear(4 * 5 * 5, 6)]

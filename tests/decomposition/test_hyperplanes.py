@@ -10,27 +10,35 @@ from lit_explain.decomposition.hyperplanes import (pad_classes, pairwise_hyperpl
                                                    shifted_probabilities, swap_metrics)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: with several intra-op threads on a loaded machine, thread hand-offs dominate."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _classes(counts=(5, 7, 3, 6), C=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(n, C, generator=g, dtype=torch.float64) + 0.7 * i for i, n in enumerate(counts)]
 
 
 def _per_pair(xi, xj, w0, b0, steps, lr):
-    """One pair the way the paper trains it: nn.Linear, BCE-with-logits, full-batch SGD."""
-    lin = nn.Linear(xi.shape[1], 1).double()
-    with torch.no_grad():
-        lin.weight.copy_(w0[None])
-        lin.bias.copy_(b0.reshape(1))
+    """One pair the way the paper trains it: a linear logit, mean BCE-with-logits, full-batch gradient descent
+    (gradients by autograd; torch.optim.SGD without momentum takes the same step)."""
+    w, b = w0.clone().requires_grad_(True), b0.clone().reshape(()).requires_grad_(True)
     x = torch.cat([xi, xj])
-    y = torch.cat([torch.zeros(len(xi)), torch.ones(len(xj))]).double()[:, None]
-    opt = torch.optim.SGD(lin.parameters(), lr=lr)
+    y = torch.cat([torch.zeros(len(xi)), torch.ones(len(xj))]).double()
     for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.binary_cross_entropy_with_logits(lin(x), y).backward()
-        opt.step()
+        loss = nn.functional.binary_cross_entropy_with_logits(x @ w + b, y)
+        gw, gb = torch.autograd.grad(loss, (w, b))
+        with torch.no_grad():
+            w -= lr * gw
+            b -= lr * gb
     with torch.no_grad():
-        acc = ((lin(x) > 0).double() == y).double().mean()
-    return lin.weight.detach()[0], lin.bias.detach()[0], acc
+        acc = ((x @ w + b > 0).double() == y).double().mean()
+    return w.detach(), b.detach(), acc
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,15 @@ from torch import nn
 from lit_explain.decomposition.component_prediction import component_prediction_test
 from lit_explain.decomposition.prototypes import pool_grid, top_cells
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: with several intra-op threads on a loaded machine, thread hand-offs dominate."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # 3 images with a 1 x 2 grid of 2-channel cells; image i is predicted as class i
 CELLS = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]],
                       [[[3.0, 1.0]], [[1.0, 1.0]]],
