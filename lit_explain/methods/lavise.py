@@ -1,8 +1,8 @@
 """LaViSE (Yang, Kim, Joo, CVPR 2022): explain filters with open-vocabulary words.
 
 ``fit`` trains an explainer that maps a masked feature map of a frozen network into a word-embedding space;
-``predict`` names each filter of the explained layer with the words its attention-weighted features map to. Spec:
-``shared/docs/lavise.md``. The pieces:
+``predict`` names each filter of the explained layer with the words its attention-weighted features map to. The
+pieces:
 
 * the shared base :class:`~lit_explain.methods.base.LayerMethod`: model, layer, units, the activation store
   (the predict pass captures the layer into it), exact thresholds and top images from the stored maxima;

@@ -3,7 +3,7 @@
 :func:`generate_world` renders scenes of 1-3 coloured shapes with parts and materials over textured
 backgrounds (the concepts are listed in :mod:`lit_explain.synth.concepts`) and writes them in the exact
 Broden on-disk format (``index.csv``, ``category.csv``, ``label.csv``, ``c_<category>.csv``,
-``images/synth/*.jpg`` and label PNGs decoded as ``R + 256 * G``; see dissection.md §1), so every reader of
+``images/synth/*.jpg`` and RGB label PNGs whose label id is ``R + 256 * G``), so every reader of
 real Broden reads it unchanged. Beside the Broden files:
 
 * ``classes.csv`` (``image,class,class_name``): each image's class. Classes are defined by rules over the

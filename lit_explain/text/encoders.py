@@ -1,7 +1,7 @@
 """Text encoders: category words and phrases -> L2-normalised embedding vectors.
 
-LaViSE maps a filter into a word-embedding space and names it by cosine similarity (lavise.md §1); which
-space is a choice. :class:`TextEncoder` is the interface the method uses; implementations:
+LaViSE maps a filter into a word-embedding space and names it by cosine similarity; which space is a
+choice. :class:`TextEncoder` is the interface the method uses; implementations:
 
 * :class:`GloveEncoder`: a GloVe text file (``word v1 ... vD`` per line; the paper's ``glove.6B.300d.txt``).
   The file is streamed and only the needed words (plus an optional open vocabulary) are kept in memory.
