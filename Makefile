@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test env clean-demo
+.PHONY: demo test quick env clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 ## test: the test suite
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+## quick: the suite without the two-process (ddp) and slow tests
+quick: $(STAMP)
+	$(PY) -m pytest -q -m "not ddp and not slow" tests
 
 clean-demo:
 	rm -rf outputs data/synthetic_world
