@@ -123,6 +123,10 @@ def smoothgrad_noise(shape: tuple[int, ...], n_samples: int, stdevs: float, seed
 
     Drawn on the CPU so that the same seed gives the same noise on every device.
     """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"smoothgrad_noise: n_samples must be an int >= 1, got {n_samples!r}")
+    if not stdevs >= 0:
+        raise ValueError(f"smoothgrad_noise: stdevs must be >= 0, got {stdevs!r}")
     g = torch.Generator(device="cpu").manual_seed(int(seed))
     return (torch.randn((n_samples, *shape), generator=g) * stdevs).to(device=device, dtype=dtype)
 

@@ -75,7 +75,8 @@ def pairwise_hyperplanes(
     lr: float = 0.01,
     init: str | tuple[torch.Tensor, torch.Tensor] = "zeros",
     seed: int = 0,
-    rows_per_pass: int | None = None,
+    rows_per_pass: int = 64,
+    chunks: Sequence[int] | None = None,
 ) -> Hyperplanes:
     """Logistic-regression hyperplanes for all ordered class pairs, trained together.
 
@@ -87,10 +88,15 @@ def pairwise_hyperplanes(
         init: ``zeros`` (default), ``linear`` (uniform(±1/√C) from ``seed``, PyTorch's nn.Linear law) or a
             tuple (W0 (K, K, C), b0 (K, K)).
         seed: seed of the ``linear`` init, >= 0.
-        rows_per_pass: classes i trained per pass (memory ∝ rows_per_pass · K · (C + N)); default all K.
+        rows_per_pass: classes i trained together (memory ∝ rows_per_pass · K · (C + N)), >= 1. The classes
+            are cut into fixed chunks [c·rows_per_pass, (c+1)·rows_per_pass); a chunk's arithmetic depends only on
+            its own shapes, so a result does not depend on which chunks are computed together.
+        chunks: train only these chunk numbers (distinct, in 0..⌈K / rows_per_pass⌉-1), e.g. a process's share
+            from ``distributed.shard(range(n_chunks))``; the processes' outputs, concatenated in chunk order, are
+            bitwise the single-process result. Default: all chunks.
 
     Returns:
-        :class:`Hyperplanes`.
+        :class:`Hyperplanes` over the pairs (i, j) with i in the chosen chunks (all K by default), j in 0..K-1.
     """
     if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
         raise ValueError(f"pairwise_hyperplanes: feats must be (K, N, C), got {getattr(feats, 'shape', None)}")
@@ -105,10 +111,13 @@ def pairwise_hyperplanes(
             raise ValueError(f"pairwise_hyperplanes: {name} must be an int >= {low}, got {value!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
         raise ValueError(f"pairwise_hyperplanes: lr must be a finite number > 0, got {lr!r}")
-    if rows_per_pass is None:
-        rows_per_pass = K
     if isinstance(rows_per_pass, bool) or not isinstance(rows_per_pass, int) or rows_per_pass < 1:
         raise ValueError(f"pairwise_hyperplanes: rows_per_pass must be an int >= 1, got {rows_per_pass!r}")
+    n_chunks = -(-K // rows_per_pass)
+    chunks = list(range(n_chunks)) if chunks is None else [int(c) for c in chunks]
+    if any(not 0 <= c < n_chunks for c in chunks) or len(set(chunks)) != len(chunks):
+        raise ValueError(f"pairwise_hyperplanes: chunks must be distinct chunk numbers in 0..{n_chunks - 1} "
+                         f"(K={K} classes, rows_per_pass={rows_per_pass}), got {chunks[:20]}")
     if not bool(torch.isfinite(feats).all()):
         raise ValueError("pairwise_hyperplanes: feats contain NaN or inf")
 
@@ -131,14 +140,16 @@ def pairwise_hyperplanes(
     mask = (torch.arange(N, device=feats.device)[None, :] < counts[:, None]).to(feats.dtype)  # (K, N)
     A = feats * mask[..., None]
     normals, biases, accs = [], [], []
-    for r0 in range(0, K, rows_per_pass):
-        rows = slice(r0, min(K, r0 + rows_per_pass))
-        W, b, acc = _train_rows(A, mask, counts, rows, W0[rows].clone(), b0[rows].clone(), steps, lr)
+    for c in chunks:
+        part = slice(c * rows_per_pass, min(K, (c + 1) * rows_per_pass))
+        W, b, acc = _train_rows(A, mask, counts, part, W0[part].clone(), b0[part].clone(), steps, lr)
         normals.append(W)
         biases.append(b)
         accs.append(acc)
     W, b, acc = torch.cat(normals), torch.cat(biases), torch.cat(accs)
-    bad = torch.eye(K, dtype=torch.bool, device=feats.device) | (counts[:, None] == 0) | (counts[None, :] == 0)
+    rows = torch.cat([torch.arange(c * rows_per_pass, min(K, (c + 1) * rows_per_pass)) for c in chunks]).to(feats.device)
+    diag = rows[:, None] == torch.arange(K, device=feats.device)[None, :]
+    bad = diag | (counts[rows][:, None] == 0) | (counts[None, :] == 0)
     W = torch.where(bad[..., None], torch.zeros_like(W), W)
     b = torch.where(bad, torch.zeros_like(b), b)
     acc = torch.where(bad, torch.full_like(acc, float("nan")), acc)
@@ -153,7 +164,7 @@ def _logits(A, Ai, W, b):
 
 
 def _train_rows(A, mask, counts, rows, W, b, steps, lr):
-    """Gradient descent for the pairs (i, ·) with i in ``rows``: W (I, K, C), b (I, K)."""
+    """Gradient descent for the pairs (i, ·) with i in the slice ``rows``: W (I, K, C), b (I, K)."""
     Ai, mi = A[rows], mask[rows]  # (I, N, C), (I, N)
     n = (counts[rows][:, None] + counts[None, :]).to(A.dtype).clamp(min=1)  # (I, K)
     for _ in range(steps):

@@ -156,7 +156,11 @@ def nndsvd_init(
     Returns:
         W0 (B, n, k) (zero on padded rows), H0 (B, k, C).
     """
+    if not isinstance(X, torch.Tensor) or X.dim() != 3:
+        raise ValueError(f"nndsvd_init: X must be a (B, n, C) tensor, got {getattr(X, 'shape', type(X))}")
     B, n, C = X.shape
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(n, C):
+        raise ValueError(f"nndsvd_init: k must be an int in 1..min(n, C)={min(n, C)}, got {k!r}")
     if svd not in SVD_METHODS:
         raise ValueError(f"nndsvd_init: svd must be one of {SVD_METHODS}, got {svd!r}")
     if n_rows is None:

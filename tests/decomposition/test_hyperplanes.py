@@ -51,7 +51,7 @@ def per_pair_reference():
     return data, W0, b0, ref
 
 
-@pytest.mark.parametrize("rows_per_pass", [None, 3])
+@pytest.mark.parametrize("rows_per_pass", [64, 3])
 def test_batched_equals_per_pair_logistic_regressions(per_pair_reference, rows_per_pass):
     data, W0, b0, ref = per_pair_reference
     feats, counts = pad_classes(data)
@@ -162,3 +162,19 @@ def test_swap_metric_reads_p_a_at_the_peak_offset():
     assert s.swap.tolist() == [True, False]
     with pytest.raises(ValueError, match="contain 0 exactly once"):
         swap_metrics(P, [1.0, 2.0, 3.0], 0, torch.tensor([1, 1]))
+
+
+def test_chunks_split_over_processes_give_the_full_result():
+    """5 classes in chunks of 2: 'process' A trains chunks 0 and 2, B chunk 1; together the one-process result."""
+    data = _classes(counts=(5, 7, 3, 6, 4))
+    feats, counts = pad_classes(data)
+    full = pairwise_hyperplanes(feats, counts, steps=10, lr=0.3, init="linear", seed=5, rows_per_pass=2)
+    a = pairwise_hyperplanes(feats, counts, steps=10, lr=0.3, init="linear", seed=5, rows_per_pass=2, chunks=[0, 2])
+    b = pairwise_hyperplanes(feats, counts, steps=10, lr=0.3, init="linear", seed=5, rows_per_pass=2, chunks=[1])
+    order = [0, 1, 4, 2, 3]  # rows of a = classes 0, 1, 4; rows of b = classes 2, 3
+    merged = torch.cat([a.normals, b.normals])
+    assert torch.equal(merged, full.normals[order])
+    assert torch.equal(torch.cat([a.bias, b.bias]), full.bias[order])
+    assert torch.equal(torch.cat([a.accuracy, b.accuracy]).isnan(), full.accuracy[order].isnan())
+    with pytest.raises(ValueError, match=r"chunks must be distinct chunk numbers in 0..2"):
+        pairwise_hyperplanes(feats, counts, rows_per_pass=2, chunks=[0, 3])

@@ -110,3 +110,20 @@ def test_prediction_marks_zero_basis_invalid():
     res = component_prediction_test(CELLS, PREDS, bases, torch.tensor([0, 1]), head)
     assert res.valid_all.tolist() == [True, False] and math.isnan(float(res.p_all[1]))
     assert res.summary()["classes_excl"] == 1
+
+
+def test_top_cells_of_image_shards_merge_to_the_whole():
+    """Two 'processes' with disjoint images (global ids) merge with merge_topk to the single-process answer."""
+    from lit_explain.methods.lavise_ops import merge_topk
+
+    g = torch.Generator().manual_seed(1)
+    cells = torch.rand(9, 4, 2, 2, generator=g)
+    bases = torch.rand(2, 3, 4, generator=g)
+    preds, classes = torch.randint(0, 2, (9,), generator=g), torch.tensor([0, 1])
+    whole = top_cells(cells, bases, 4, preds=preds, classes=classes, exclude_own=True)
+    shards = [torch.arange(0, 9, 2), torch.arange(1, 9, 2)]
+    parts = [top_cells(cells[s], bases, 4, preds=preds[s], classes=classes, exclude_own=True, image_ids=s)
+             for s in shards]
+    v, i = merge_topk(parts[0].score.reshape(6, 4), parts[0].index.reshape(6, 4),
+                      parts[1].score.reshape(6, 4), parts[1].index.reshape(6, 4), 4)
+    assert torch.equal(i.reshape(2, 3, 4), whole.index) and torch.equal(v.reshape(2, 3, 4), whole.score)
