@@ -99,8 +99,11 @@ def gradient_x_activation(model: nn.Module, layer: nn.Module, images: torch.Tens
         (B, *layer output shape[1:]) relevance, detached.
     """
     targets = _check_inputs("gradient_x_activation", model, layer, images, targets)
-    with torch.enable_grad(), _capture(layer) as store:
-        x = images.detach().requires_grad_(True)
+    # Lightning's predict loop runs under inference mode, whose tensors autograd refuses: step out of it and
+    # work on ordinary copies.
+    with torch.inference_mode(False), torch.enable_grad(), _capture(layer) as store:
+        x = images.detach().clone().requires_grad_(True)
+        targets = targets.clone()
         logits = model(x)
         _check_targets("gradient_x_activation", logits, targets)
         act = store["act"]
@@ -162,8 +165,6 @@ def deeplift_smoothgrad(
     Returns:
         (B, C, h, w) relevance (the layer output's shape), detached.
     """
-    from captum.attr import LayerDeepLift, NoiseTunnel
-
     targets = _check_inputs("deeplift_smoothgrad", model, layer, images, targets)
     for name, value, low in (("n_samples", n_samples, 1), ("samples_per_pass", samples_per_pass, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -184,7 +185,19 @@ def deeplift_smoothgrad(
     with torch.no_grad():
         _check_targets("deeplift_smoothgrad", model(images[:1]), targets)
 
-    images = images.detach()
+    # Lightning's predict loop runs under inference mode, whose tensors autograd refuses: step out of it and
+    # work on ordinary copies.
+    with torch.inference_mode(False), torch.enable_grad():
+        images, targets = images.detach().clone(), targets.clone()
+        if isinstance(baseline, torch.Tensor):
+            baseline = baseline.detach().clone()
+        return _deeplift_smoothgrad(model, layer, images, targets, baseline, n_samples, float(stdevs), noise, seed,
+                                    samples_per_pass)
+
+
+def _deeplift_smoothgrad(model, layer, images, targets, baseline, n_samples, stdevs, noise, seed, samples_per_pass):
+    from captum.attr import LayerDeepLift, NoiseTunnel
+
     dl = LayerDeepLift(model, layer, multiply_by_inputs=True)
     B = images.shape[0]
     if noise == "captum":

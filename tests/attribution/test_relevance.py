@@ -174,3 +174,16 @@ def test_bad_inputs():
                       ({"samples_per_pass": 0}, "samples_per_pass must be")]:
         with pytest.raises(ValueError, match=match):
             deeplift_smoothgrad(m, m[1], x, torch.tensor([0, 1]), **kw)
+
+
+def test_works_under_inference_mode_on_a_frozen_model():
+    """Lightning's predict runs under torch.inference_mode with a requires_grad_(False) network."""
+    m = _linear_head_model().requires_grad_(False)
+    x, t = _images(3), torch.tensor([0, 4, 2])
+    ref_g = gradient_x_activation(m, m[1], x, t)
+    ref_d = deeplift_smoothgrad(m, m[1], x, t, n_samples=2, stdevs=0.1)
+    with torch.inference_mode():
+        xi, ti = x.clone(), t.clone()
+        g = gradient_x_activation(m, m[1], xi, ti)
+        d = deeplift_smoothgrad(m, m[1], xi, ti, n_samples=2, stdevs=0.1)
+    assert torch.allclose(g, ref_g) and torch.allclose(d, ref_d)

@@ -193,3 +193,13 @@ def test_relative_error_by_hand():
     W = torch.tensor([[[1.0], [0.0]]])
     H = torch.tensor([[[3.0, 0.0]]])
     assert torch.allclose(relative_error(X, W, H), torch.tensor([4.0 / 5.0]))
+
+
+def test_classes_split_over_processes_give_identical_factors():
+    """Round-robin shards of the classes (as two processes would get them) reproduce the one-batch result bitwise."""
+    X = _data(B=5, n=30, C=8, seed=9).float()
+    whole = batched_nmf(X, 3)
+    for shard in (torch.arange(0, 5, 2), torch.arange(1, 5, 2)):
+        part = batched_nmf(X[shard], 3)
+        assert torch.equal(part.H, whole.H[shard]) and torch.equal(part.W, whole.W[shard])
+        assert torch.equal(part.n_iter, whole.n_iter[shard]) and torch.equal(part.error, whole.error[shard])
