@@ -12,10 +12,10 @@ sklearn as the parity backend (a per-class loop, for checking only).
 Solvers:
 
 * ``hals`` (default): hierarchical alternating least squares, i.e. exact coordinate descent on one column of W
-  (then one row of H) at a time, with the other columns fixed, clipped at 0. It is the same update as sklearn's
-  default ``cd`` solver (which the paper used), so results match sklearn's iteration for iteration, and it
-  converges in far fewer iterations than multiplicative updates, which also cannot move an entry away from 0
-  (zeros of an nndsvd init stay zero for ever).
+  (then one row of H) at a time, with the other columns fixed, clipped at 0. With ``sweeps=1`` it is sklearn's
+  default ``cd`` solver (which the paper used) iteration for iteration; the default ``sweeps=2`` repeats the
+  cheap column sweeps once per pass over X (accelerated HALS). It converges in far fewer iterations than
+  multiplicative updates, which also cannot move an entry away from 0 (zeros of an nndsvd init stay zero).
 * ``mu``: Lee & Seung multiplicative updates for the Frobenius loss (sklearn's ``mu``): cheap per step, slower
   to converge; kept for comparison.
 
@@ -36,6 +36,9 @@ randomized range finder (Halko et al.) with one Gaussian test matrix (C, k + 10)
 from ``seed``, and 7 power iterations. Either way the init is deterministic for a seed and does not depend on
 which other classes, or how many padded rows, share the batch; for the top few triplets both are exact to
 float precision on the data this method sees.
+
+Memory: X is held in both layouts (B, n, C) and (B, C, n) so that both large products of an iteration are
+contiguous matmuls: about 2x the size of X, plus O(B·(n + C)·k).
 
 Padding: class b owns the first ``n_rows[b]`` rows of X[b]; the rest are ignored (set to 0). Zero rows of X
 keep zero rows of W under both solvers, so a padded class gets the same factors as when run alone.
