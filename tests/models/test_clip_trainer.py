@@ -140,3 +140,20 @@ def test_constructor_validation():
         ContrastiveClip(model_config={"embed_dim": 8})
     with pytest.raises(ValueError, match="captions_per_image must be >= 1"):
         SyntheticCaptionsDataModule(captions_per_image=0)
+
+
+def test_default_resnet_config_round_trips_through_open_clip(tmp_path):
+    import open_clip
+
+    from lit_explain.models.clip_files import TINY_CLIP_CONFIG
+
+    torch.manual_seed(0)
+    model = build_clip().eval()
+    folder = save_clip(model, TINY_CLIP_CONFIG, tmp_path / "tiny")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model.encode_image(x)
+        loaded, _, _ = load_clip(folder)
+        assert torch.allclose(loaded.encode_image(x), want, atol=1e-6)
+        oc, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+        assert torch.allclose(oc.eval().encode_image(x), want, atol=1e-6)
