@@ -9,7 +9,7 @@ come from other classes' images (the stricter test of the paper).
 Everything is vectorised over classes, components and cells: one (A·K, C) @ (C, n·G) matmul per chunk of n
 images (G cells per image), merged into a running top-n with ties broken by the smaller cell index, so the
 result does not depend on the chunk size, and partial results of several processes (over disjoint images,
-``image_ids`` global) merge exactly with :func:`lit_explain.methods.lavise_ops.merge_topk` on ``index``.
+``image_ids`` global) merge exactly with :func:`merge_top_cells`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,28 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lit_explain.methods.lavise_ops import merge_topk
+__all__ = ["pool_grid", "TopCells", "top_cells", "merge_top_cells"]
 
-__all__ = ["pool_grid", "TopCells", "top_cells"]
+
+def _merge(values: torch.Tensor, index: torch.Tensor, new_values: torch.Tensor, new_index: torch.Tensor,
+           top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the ``top`` best of old (R, a) and new (R, b) candidates per row: larger score first, then smaller
+    cell index (so the order candidates arrive in never matters); pads with -inf / -1.
+
+    A private copy of the rule in ``lit_explain.methods.lavise_ops.merge_topk``: this package may import only
+    ``lit_explain.models`` (the project's layering), and the helper has no shared home yet.
+    """
+    v = torch.cat([values, new_values.to(values.dtype)], 1)
+    i = torch.cat([index, new_index.to(index.dtype)], 1)
+    key = torch.where(i < 0, torch.full_like(i, torch.iinfo(i.dtype).max), i)
+    order = torch.argsort(key, dim=1, stable=True)  # by cell index ...
+    v, i = v.gather(1, order), i.gather(1, order)
+    order = torch.argsort(v, dim=1, descending=True, stable=True)  # ... then by score, ties keep index order
+    v, i = v.gather(1, order)[:, :top], i.gather(1, order)[:, :top]
+    if v.shape[1] < top:
+        v = torch.cat([v, v.new_full((v.shape[0], top - v.shape[1]), float("-inf"))], 1)
+        i = torch.cat([i, i.new_full((i.shape[0], top - i.shape[1]), -1)], 1)
+    return v, i
 
 
 def pool_grid(acts: torch.Tensor, size: int = 2) -> torch.Tensor:
@@ -111,12 +130,32 @@ def top_cells(
             own = own[:, None, :, None].expand(A, K, n, G).reshape(A * K, n * G)
             sims = sims.masked_fill(own, float("-inf"))
         flat = (ids[n0 : n0 + n, None] * G + cell_no[None, :]).reshape(1, -1).expand(A * K, -1)
-        values, index = merge_topk(values, index, sims, flat, top)
+        values, index = _merge(values, index, sims, flat, top)
+    return _top_cells(values.reshape(A, K, top), index.reshape(A, K, top), gh, gw)
+
+
+def _top_cells(values: torch.Tensor, index: torch.Tensor, gh: int, gw: int) -> TopCells:
+    G = gh * gw
     index = torch.where(torch.isfinite(values), index, torch.full_like(index, -1))
     image = torch.where(index >= 0, index // G, index)
     rest = index % G
     y = torch.where(index >= 0, rest // gw, index)
     x = torch.where(index >= 0, rest % gw, index)
-    shape = (A, K, top)
-    return TopCells(score=values.reshape(shape), index=index.reshape(shape), image=image.reshape(shape),
-                    y=y.reshape(shape), x=x.reshape(shape))
+    return TopCells(score=values, index=index, image=image, y=y, x=x)
+
+
+def merge_top_cells(a: TopCells, b: TopCells, grid: tuple[int, int]) -> TopCells:
+    """The top cells over the union of two disjoint image sets (e.g. two processes' shards, global image ids),
+    exactly what :func:`top_cells` gives on all the images at once.
+
+    Args:
+        a, b: results with the same (A, K, top) shape.
+        grid: (gh, gw) of the pooled grid both were computed on.
+    """
+    if a.score.shape != b.score.shape:
+        raise ValueError(f"merge_top_cells: shapes differ: {tuple(a.score.shape)} vs {tuple(b.score.shape)}")
+    gh, gw = grid
+    A, K, top = a.score.shape
+    v, i = _merge(a.score.reshape(A * K, top), a.index.reshape(A * K, top), b.score.reshape(A * K, top),
+                  b.index.reshape(A * K, top), top)
+    return _top_cells(v.reshape(A, K, top), i.reshape(A, K, top), gh, gw)

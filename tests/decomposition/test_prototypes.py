@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_explain.decomposition.component_prediction import component_prediction_test
-from lit_explain.decomposition.prototypes import pool_grid, top_cells
+from lit_explain.decomposition.prototypes import merge_top_cells, pool_grid, top_cells
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -113,17 +113,16 @@ def test_prediction_marks_zero_basis_invalid():
 
 
 def test_top_cells_of_image_shards_merge_to_the_whole():
-    """Two 'processes' with disjoint images (global ids) merge with merge_topk to the single-process answer."""
-    from lit_explain.methods.lavise_ops import merge_topk
-
+    """Two 'processes' with disjoint images (global ids) merge to the single-process answer, in either order."""
     g = torch.Generator().manual_seed(1)
     cells = torch.rand(9, 4, 2, 2, generator=g)
+    cells[4] = cells[1]  # exact ties across the shards
     bases = torch.rand(2, 3, 4, generator=g)
     preds, classes = torch.randint(0, 2, (9,), generator=g), torch.tensor([0, 1])
     whole = top_cells(cells, bases, 4, preds=preds, classes=classes, exclude_own=True)
     shards = [torch.arange(0, 9, 2), torch.arange(1, 9, 2)]
     parts = [top_cells(cells[s], bases, 4, preds=preds[s], classes=classes, exclude_own=True, image_ids=s)
              for s in shards]
-    v, i = merge_topk(parts[0].score.reshape(6, 4), parts[0].index.reshape(6, 4),
-                      parts[1].score.reshape(6, 4), parts[1].index.reshape(6, 4), 4)
-    assert torch.equal(i.reshape(2, 3, 4), whole.index) and torch.equal(v.reshape(2, 3, 4), whole.score)
+    for merged in (merge_top_cells(*parts, grid=(2, 2)), merge_top_cells(*parts[::-1], grid=(2, 2))):
+        for f in ("score", "index", "image", "y", "x"):
+            assert torch.equal(getattr(merged, f), getattr(whole, f)), f
