@@ -20,7 +20,7 @@ from lit_explain.atomic import atomic_write_text
 from lit_explain.concepts import ConceptIndex, ConceptVocabulary
 from lit_explain.datasets.broden import (CACHE_FORMAT, DEFAULT_CATEGORIES, IMAGENET_MEAN, IMAGENET_STD,
                                          BrodenDataset, BrodenFormatError)
-from lit_explain.datasets.checks import check_choice, check_int, check_strings, check_triple
+from lit_explain.datasets.checks import check_choice, check_int, check_path, check_strings, check_triple
 
 __all__ = ["BRODEN_SPLITS", "BrodenDataModule", "BrodenDataset", "BrodenFormatError", "DEFAULT_CATEGORIES",
            "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -72,8 +72,7 @@ class BrodenDataModule(lightning.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         owner = type(self).__name__
-        if not isinstance(root, str) or not root.strip():
-            raise ValueError(f"{owner}: root must be the path of a Broden folder (a non-empty string), got {root!r}")
+        root = check_path(owner, "root", root)
         check_strings(owner, "categories", categories, optional=True, unique=True)
         if subset is not None and (not isinstance(subset, str) or not subset.strip()):
             raise ValueError(f"{owner}: subset must be a non-empty folder name (ade20k, pascal, ...) or null, got {subset!r}")
@@ -90,9 +89,7 @@ class BrodenDataModule(lightning.LightningDataModule):
         self.num_workers = check_int(owner, "num_workers", num_workers, low=0)
         self.mean, self.std = check_triple(owner, "mean", mean), check_triple(owner, "std", std, positive=True)
         self.image_size = check_int(owner, "image_size", image_size, low=1, optional=True)
-        if not isinstance(cache_dir, str) or not cache_dir.strip():
-            raise ValueError(f"{owner}: cache_dir must be a folder path (a non-empty string), got {cache_dir!r}")
-        self.cache_dir = cache_dir
+        self.cache_dir = check_path(owner, "cache_dir", cache_dir)
         self.dataset: BrodenDataset | None = None
         self._split_datasets: dict[str, BrodenDataset] = {}
         self._concept_index: ConceptIndex | None = None

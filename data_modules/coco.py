@@ -32,7 +32,7 @@ import numpy as np
 
 from data_modules._instance_tables import VAL, InstanceTables, handle_missing, keep_images
 from data_modules._instances import InstanceDataModule
-from lit_explain.datasets.checks import check_choice, check_real
+from lit_explain.datasets.checks import check_choice, check_path, check_real
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,7 @@ class CocoDataModule(InstanceDataModule):
         for name, value in (("root", root), ("train_annotations", train_annotations),
                             ("val_annotations", val_annotations), ("train_images", train_images),
                             ("val_images", val_images)):
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{owner}: {name} must be a file or folder path (a non-empty string), got {value!r}")
+            check_path(owner, name, value)
         self.root = Path(root)
         self.label_mode = check_choice(owner, "label_mode", label_mode, ("category", "token"))
         self.crowd = check_choice(owner, "crowd", crowd, ("eval_only", "skip", "include"))

@@ -21,7 +21,7 @@ import numpy as np
 
 from data_modules._instance_tables import TRAIN, VAL, InstanceTables
 from data_modules._instances import InstanceDataModule
-from lit_explain.datasets.checks import check_choice, check_int, check_real
+from lit_explain.datasets.checks import check_choice, check_int, check_path, check_real
 from lit_explain.synth.export import export_coco, export_vg, world_split
 from lit_explain.synth.world import generate_world
 
@@ -90,9 +90,9 @@ class SyntheticInstancesDataModule(InstanceDataModule):
         super().__init__(image_size=size, resize_size=resize_size or size, scale_min=scale_min,
                          seen_fraction=seen_fraction, batch_size=batch_size, **kwargs)
         self.save_hyperparameters()
-        if not isinstance(root, str) or not root.strip():
-            raise ValueError(f"{owner}: root must be a folder path (a non-empty string), got {root!r}")
-        self.root = Path(root)
+        self.root = Path(check_path(owner, "root", root))
+        check_path(owner, "export_root", export_root, optional=True)
+        check_path(owner, "cache_dir", cache_dir, optional=True)
         self.world_kwargs = dict(
             num_images=check_int(owner, "num_images", num_images, low=1), image_size=world_image_size,
             mask_size=check_int(owner, "mask_size", mask_size, low=4, high=world_image_size),

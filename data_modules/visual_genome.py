@@ -47,7 +47,7 @@ import numpy as np
 from data_modules._instance_tables import (BoxMaskSource, InstanceTables, box_geometry, handle_missing, image_split,
                                            keep_images)
 from data_modules._instances import InstanceDataModule
-from lit_explain.datasets.checks import check_choice, check_int, check_real, check_strings
+from lit_explain.datasets.checks import check_choice, check_int, check_path, check_real, check_strings
 from lit_explain.datasets.files import atomic_save_npz, file_digest, iter_json_array, load_npz_cache
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,8 @@ class VisualGenomeDataModule(InstanceDataModule):
         owner = type(self).__name__
         for name, value in (("root", root), ("image_data_file", image_data_file), ("objects_file", objects_file),
                             ("attributes_file", attributes_file)):
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{owner}: {name} must be a file or folder path (a non-empty string), got {value!r}")
+            check_path(owner, name, value)
+        check_path(owner, "cache_dir", cache_dir, optional=True)
         check_strings(owner, "image_dirs", image_dirs, unique=True)
         check_choice(owner, "merge_by", merge_by, ("synset", "head_token", "name"))
         check_choice(owner, "min_count_by", min_count_by, ("images", "instances"))

@@ -9,10 +9,11 @@ the value converted (``int`` / ``float`` / ``tuple``) so a caller can assign it 
 from __future__ import annotations
 
 import math
+import os
 from numbers import Integral, Real
 from typing import Any, Iterable, Sequence
 
-__all__ = ["check_choice", "check_int", "check_real", "check_strings", "check_triple"]
+__all__ = ["check_choice", "check_int", "check_path", "check_real", "check_strings", "check_triple"]
 
 
 def _fail(owner: str, name: str, accepted: str, value: Any) -> ValueError:
@@ -92,3 +93,17 @@ def check_strings(owner: str, name: str, value: Any, optional: bool = False, uni
                                  "appear once: remove the repeat")
             first[v] = i
     return list(value)
+
+
+def check_path(owner: str, name: str, value: Any, optional: bool = False) -> str | None:
+    """A file or folder path (``str`` or ``os.PathLike``, not empty) as a ``str``; None passes when ``optional``.
+
+    Only the form is checked: whether the path exists is for the reader to say, with what to download.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(owner, name, "a file or folder path (a non-empty string)" + (" or null" if optional else ""), value)
+    return value

@@ -58,6 +58,7 @@ OWN = {
         ({"noise": -0.1}, r"noise must be a finite number >= 0\.0"),
         ({"val_fraction": 1.2}, r"val_fraction must be a finite number in \[0\.0, 1\.0\], got 1\.2"),
         ({"seed": -3}, r"seed must be an integer >= 0, got -3"),
+        ({"export_root": ""}, r"export_root must be a file or folder path \(a non-empty string\) or null, got ''"),
     ],
     SyntheticWorldDataModule: [
         ({"num_images": 0}, r"num_images must be an integer >= 1, got 0"),

@@ -518,12 +518,13 @@ def test_concepts_listed_twice_are_rejected(broden_miniature, tmp_path):
     ({"categories": ["object", "object"]}, r"categories lists 'object' twice"),
     ({"categories": []}, r"categories must be a non-empty list"),
     ({"subset": ""}, r"subset must be a non-empty folder name"),
+    ({"cache_dir": " "}, r"cache_dir must be a file or folder path \(a non-empty string\), got ' '"),
     ({"concepts": ["wall"], "min_image_count": 3}, r"give either `concepts`"),
 ])
 def test_constructor_rejects_out_of_range_arguments(kw, match, tmp_path):
     # root need not exist: the constructor checks the settings before any file is read
     with pytest.raises(ValueError, match=r"BrodenDataModule: " + match):
-        BrodenDataModule(str(tmp_path / "nowhere"), cache_dir=str(tmp_path), **kw)
+        BrodenDataModule(str(tmp_path / "nowhere"), **{"cache_dir": str(tmp_path), **kw})
 
 
 def test_reader_rejects_out_of_range_arguments(broden_miniature):
