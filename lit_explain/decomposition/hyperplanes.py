@@ -33,8 +33,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Hyperplanes", "pad_classes", "pairwise_hyperplanes", "shift_along", "shifted_probabilities",
-           "SwapMetrics", "swap_metrics"]
+__all__ = ["Hyperplanes", "relevant_pixel_vectors", "pad_classes", "pairwise_hyperplanes", "contrastive_mask",
+           "shift_along", "shifted_probabilities", "SwapMetrics", "swap_metrics"]
 
 
 @dataclass
@@ -50,6 +50,37 @@ class Hyperplanes:
     normals: torch.Tensor
     bias: torch.Tensor
     accuracy: torch.Tensor
+
+
+def relevant_pixel_vectors(
+    acts: torch.Tensor, relevance: torch.Tensor, frac: float = 0.25, relu: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training vectors of a class's hyperplanes: raw activation vectors of its most relevant pixels.
+
+    Per image, the pixel score is s(y, x) = mean over channels of R (of ReLU(R) with ``relu``; the paper's code
+    computed the ReLU'd score and then overwrote it, so effectively none), and the pixels with
+    s > frac · max_{y,x} s are kept (an image whose scores are all <= 0 gives none).
+
+    Args:
+        acts: (N, C, h, w) the layer's activations of the class's images.
+        relevance: (N, C, h, w) their relevance for the class (e.g. DeepLift).
+        frac: fraction of the image's maximum score a pixel must exceed, in [0, 1].
+        relu: clip R at 0 before the channel mean.
+
+    Returns:
+        vectors (M, C) (not relevance-weighted) and the image each came from (M,), image-major then y, x.
+    """
+    if acts.dim() != 4 or relevance.shape != acts.shape:
+        raise ValueError(f"relevant_pixel_vectors: acts and relevance must be the same (N, C, h, w), got "
+                         f"{tuple(acts.shape)} and {tuple(relevance.shape)}")
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
+        raise ValueError(f"relevant_pixel_vectors: frac must be a number in [0, 1], got {frac!r}")
+    score = (relevance.clamp(min=0) if relu else relevance).mean(1)  # (N, h, w)
+    top = score.flatten(1).amax(1)  # (N,)
+    keep = (score > frac * top[:, None, None]) & (top > 0)[:, None, None]
+    vectors = acts.permute(0, 2, 3, 1)[keep]  # (M, C)
+    image = torch.arange(acts.shape[0], device=acts.device)[:, None, None].expand_as(keep)[keep]
+    return vectors, image
 
 
 def pad_classes(vectors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,6 +209,39 @@ def _train_rows(A, mask, counts, rows, W, b, steps, lr):
     z_own, z_other = _logits(A, Ai, W, b)
     right = ((z_own <= 0) * mi[..., None]).sum(1) + ((z_other > 0) * mask[..., None]).sum(1).T
     return W, b, right.to(A.dtype) / n
+
+
+def contrastive_mask(
+    acts: torch.Tensor, normal: torch.Tensor, bias: float | torch.Tensor, *, extra: float = 0.0,
+    bias_sign: str = "consistent",
+) -> torch.Tensor:
+    """Per-pixel weight for "why A rather than B": how far each pixel lies on A's side of the A-B hyperplane.
+
+    With the pair's hyperplane w·a + b > 0 meaning "B" (w = w_AB from :func:`pairwise_hyperplanes`), the mask is
+    m(y, x) = ReLU(−w·a(y, x) − b + extra) (``bias_sign="consistent"``, the signed distance towards A). The
+    paper's code negated w but not b, i.e. ReLU(−w·a + b + extra) (``bias_sign="paper"``, kept for comparison).
+    The NMF then factorises m ⊙ A of the images predicted as A.
+
+    Args:
+        acts: (N, C, h, w) activations.
+        normal: (C,) w_AB.
+        bias: scalar b_AB.
+        extra: constant added inside the ReLU (0 in the paper).
+        bias_sign: ``consistent`` (default) or ``paper``.
+
+    Returns:
+        (N, 1, h, w) non-negative mask.
+    """
+    if acts.dim() != 4 or normal.shape != (acts.shape[1],):
+        raise ValueError(f"contrastive_mask: acts (N, C, h, w) and normal (C,) do not fit: {tuple(acts.shape)}, "
+                         f"{tuple(normal.shape)}")
+    if bias_sign not in ("consistent", "paper"):
+        raise ValueError(f"contrastive_mask: bias_sign must be 'consistent' or 'paper', got {bias_sign!r}")
+    b = torch.as_tensor(bias, dtype=acts.dtype, device=acts.device)
+    if b.numel() != 1:
+        raise ValueError(f"contrastive_mask: bias must be a scalar, got shape {tuple(b.shape)}")
+    side = -torch.einsum("nchw,c->nhw", acts, normal.to(acts)) + (-b if bias_sign == "consistent" else b) + extra
+    return side.clamp(min=0)[:, None]
 
 
 @contextmanager

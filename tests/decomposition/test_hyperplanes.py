@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lit_explain.decomposition.hyperplanes import (pad_classes, pairwise_hyperplanes, shift_along,
+from lit_explain.decomposition.hyperplanes import (contrastive_mask, pad_classes, pairwise_hyperplanes,
+                                                   relevant_pixel_vectors, shift_along,
                                                    shifted_probabilities, swap_metrics)
 
 
@@ -178,3 +179,25 @@ def test_chunks_split_over_processes_give_the_full_result():
     assert torch.equal(torch.cat([a.accuracy, b.accuracy]).isnan(), full.accuracy[order].isnan())
     with pytest.raises(ValueError, match=r"chunks must be distinct chunk numbers in 0..2"):
         pairwise_hyperplanes(feats, counts, rows_per_pass=2, chunks=[0, 3])
+
+
+def test_relevant_pixel_vectors_by_hand():
+    acts = torch.arange(2 * 2 * 1 * 3, dtype=torch.float32).reshape(2, 2, 1, 3)
+    # channel-mean relevance per pixel: image 0 -> (1.0, 0.2, 0.3); image 1 -> (-1, -2, -3) (nothing relevant)
+    R = torch.tensor([[[[2.0, 0.4, 0.6]], [[0.0, 0.0, 0.0]]],
+                      [[[-2.0, -4.0, -6.0]], [[0.0, 0.0, 0.0]]]])
+    v, img = relevant_pixel_vectors(acts, R, frac=0.25)
+    assert img.tolist() == [0, 0] and v.tolist() == [[0.0, 3.0], [2.0, 5.0]]  # pixels x=0 (1.0) and x=2 (0.3)
+    v, img = relevant_pixel_vectors(acts, R, frac=0.5)
+    assert v.tolist() == [[0.0, 3.0]]
+    with pytest.raises(ValueError, match=r"frac must be a number in \[0, 1\]"):
+        relevant_pixel_vectors(acts, R, frac=2.0)
+
+
+def test_contrastive_mask_by_hand():
+    acts = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]])  # pixels a = (1, 0) and (0, 2)
+    w, b = torch.tensor([1.0, -1.0]), 0.5
+    # consistent: ReLU(-w.a - b): (-1 - 0.5, 2 - 0.5) -> (0, 1.5); paper: ReLU(-w.a + b): (-0.5, 2.5) -> (0, 2.5)
+    assert contrastive_mask(acts, w, b).tolist() == [[[[0.0, 1.5]]]]
+    assert contrastive_mask(acts, w, b, bias_sign="paper").tolist() == [[[[0.0, 2.5]]]]
+    assert contrastive_mask(acts, w, b, extra=2.0).tolist() == [[[[0.5, 3.5]]]]
