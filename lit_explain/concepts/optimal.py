@@ -28,7 +28,10 @@ subtree is discarded only when its bound is below the incumbent's IoU, or equal 
 are longer than the incumbent (they would lose the tie), so the result is the first formula of the whole space
 in that order: deterministic, and independent of how (unit, range) jobs are spread over processes.
 Prefixes with the same canonical form have the same subtree (same concepts, equivalent extensions), so each
-canonical prefix is expanded at most once.
+canonical prefix is expanded at most once. A child whose mask equals its parent's (``g AND c`` with g ⊆ c,
+``g AND NOT c`` with g ∧ c empty, ``g OR c`` with c ⊆ g: equal counts suffice, as one mask contains the other)
+or is empty is not queued: applying the same extensions to the parent (or dropping the empty start) gives a
+formula with the same mask that is shorter, hence ranks better, so its subtree cannot hold the answer.
 
 Bounds (all are ratios of exact integer counts, so comparisons with IoUs are exact)
 -----------------------------------------------------------------------------------
@@ -58,21 +61,22 @@ Write ``a = |A|``, and for a child h of g: ``I = |h ∧ A|``, ``F = |h ∖ A|`` 
 
 The bound of a child is the largest of 2-4. It only needs ``x`` and ``y``, hence no pass per child.
 
-*Refinement of the last prefixes* (``s = 1``, before their pass): for a popped prefix h of length L − 1 the
-children's scores are bounded from pair counts ``|c ∧ d ∧ A|`` and ``|c ∧ d ∖ A|`` of h's own concepts c
-(rows of the co-occurrence matrices): interval arithmetic over h's formula tree gives, per d, bounds
-``[l, u]`` on ``|h ∧ d ∧ A|`` and on ``|h ∧ d ∖ A|`` (a leaf is exact; ``NOT`` complements within ``d ∧ A``;
-``AND``: ``[max(0, l1 + l2 − |d ∧ A|), min(u1, u2)]``; ``OR``: ``[max(l1, l2), min(|d ∧ A|, u1 + u2)]``; and the
-same outside A), clipped by h's own counts. Then ``h AND d <= u_A / (a + l_N)``,
-``h AND NOT d <= (I − l_A) / (a + F − u_N)`` and ``h OR d <= (I + |d ∧ A| − l_A) / (a + F + |d ∖ A| − u_N)``.
-The smaller of this and the queued bound decides whether h needs its pass at all; if it still can beat the
-incumbent, h goes back into the queue with the refined bound (so the queue's order and the certificate use it).
+*Refinement of the last prefixes* (``s = 1``: children of length L − 1, whose descendants are single
+extensions ``h op d``). Their bound is tightened with pair counts ``|c ∧ d ∧ A|`` and ``|c ∧ d ∖ A|`` of the
+concepts c of h (rows of the co-occurrence matrices): interval arithmetic over h's formula tree gives, per d,
+bounds ``[l, u]`` on ``|h ∧ d ∧ A|`` and on ``|h ∧ d ∖ A|`` (a leaf is exact; ``NOT`` complements within
+``d ∧ A``; ``AND``: ``[max(0, l1 + l2 − |d ∧ A|), min(u1, u2)]``; ``OR``: ``[max(l1, l2), min(|d ∧ A|, u1 + u2)]``;
+the same outside A), clipped by h's own counts (``|h ∧ d ∧ A| >= I − |A ∖ d|`` etc.). Then
+``h AND d <= u_A / (a + l_N)``, ``h AND NOT d <= (I − l_A) / (a + F − u_N)`` and
+``h OR d <= (I + |d ∧ A| − l_A) / (a + F + |d ∖ A| − u_N)``, maximised over d. The parent's intervals are
+computed once and combined with each child's new concept, so all surviving children are refined in one
+(children × concepts) pass before they are queued; the smaller of the two bounds is kept.
 
 Certificate and budget
 ----------------------
 ``upper_bound`` is the largest IoU any formula of the space can have, as proved: the incumbent's IoU when the
 queue is exhausted (every unevaluated formula lies in a discarded subtree whose bound did not beat it), else the
-largest bound left in the queue when the node budget (``max_nodes`` processed prefixes, deterministic) or the
+largest bound left in the queue when the node budget (``max_nodes`` exact passes, deterministic) or the
 optional ``time_budget`` (seconds; results then depend on the machine) stopped the search.
 ``optimality_gap = upper_bound − iou`` is 0 exactly when optimality is proved.
 """
@@ -100,8 +104,10 @@ from lit_explain.concepts.tally import (
 
 __all__ = ["OptimalResult", "optimal_search", "DEFAULT_MAX_NODES"]
 
-#: Default node budget per (unit, range): prefixes processed (expanded with a pass, or refined).
-DEFAULT_MAX_NODES = 2000
+#: Default node budget per (unit, range): exact passes, i.e. expansions of prefixes of length >= 2 (each costs what
+#: one beam formula's step costs; a length-3 beam search of width 5 makes 5). Single concepts are expanded from
+#: co-occurrence rows, at a cost independent of the dataset's size, at most once each, and are not counted.
+DEFAULT_MAX_NODES = 200
 
 _OR_ROWS = torch.tensor([True, False, False])  # rows of extension_counts in OPS order: or, and, and_not
 
@@ -119,13 +125,13 @@ class OptimalResult:
         budget_hit: None, ``"nodes"`` or ``"time"``: which budget stopped the search before it finished.
         visited: formulas whose exact IoU the branch and bound computed (children of expanded prefixes, the
             single concepts not counted), the beam's ``visited`` convention.
-        nodes: prefixes processed (expanded with an exact pass, or refined), what ``max_nodes`` counts.
-        expanded: prefixes expanded with an exact pass.
+        nodes: prefixes expanded (the root excluded).
+        expanded: prefixes of length >= 2 expanded, i.e. exact passes over the dataset: what ``max_nodes`` counts.
         seed_formula, seed_iou, seed_visited: the beam's answer used as the first incumbent.
         seconds: wall time of the branch and bound (the seed beam excluded).
         records: with ``record=True``, every bound computed: ``(prefix, bound, stage)``, where ``stage`` is
-            ``"child"`` (from the parent's pass) or ``"refined"``; the bound covers the prefix's strict
-            descendants.
+            ``"child"`` (from the parent's pass) or ``"refined"`` (pair intervals, before queueing); the bound
+            covers the prefix's strict descendants.
     """
 
     formula: Formula | None
@@ -303,7 +309,6 @@ class _BranchAndBound:
         self.seq = 0
         self.prefixes: list[Formula | None] = []  # parent formulas of the queued blocks
         self.done: set[tuple] = set()
-        self.requeued: set[tuple] = set()  # keys refined and queued again (their refined entry stands for them)
         self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ incumbent and pruning
@@ -373,35 +378,61 @@ class _BranchAndBound:
             for row, c in torch.nonzero(valid[None].expand_as(bounds)).tolist():
                 self.records.append((self._child_formula(f, row, c), float(bounds[row, c]), "child"))
         keep = bounds > self.best[0] if k + 2 > self.best[1] else bounds >= self.best[0]
+        # a child with the parent's mask (or an empty one) only repeats shorter formulas: drop its subtree
+        keep &= (area > 0) & ((inter != i_g) | (area != i_g + f_g))
         if not bool(keep.any()):
             return
         rows, cs = torch.nonzero(keep, as_tuple=True)
         b = bounds[rows, cs]
+        if s == 1:  # children of length L − 1: tighten with pair intervals before queueing
+            rb = torch.minimum(b, self.refine(f, rows, cs, inter[rows, cs], (area - inter)[rows, cs]))
+            if self.record:
+                for row, c, v in zip(rows.tolist(), cs.tolist(), rb.tolist()):
+                    self.records.append((self._child_formula(f, row, c), v, "refined"))
+            keep = rb > self.best[0] if k + 2 > self.best[1] else rb >= self.best[0]
+            if not bool(keep.any()):
+                return
+            rows, cs, b = rows[keep], cs[keep], rb[keep]
         order = torch.argsort(-b, stable=True)
-        block = (len(self.prefixes), b[order].tolist(), rows[order].tolist(), cs[order].tolist(),
-                 inter[rows, cs][order].tolist(), (area - inter)[rows, cs][order].tolist())
+        block = (len(self.prefixes), b[order].tolist(), rows[order].tolist(), cs[order].tolist())
         self.prefixes.append(f)
-        self._push(block[1][0], k + 1, ("block", block, 0))
+        self._push(block[1][0], k + 1, (block, 0))
 
-    def refine(self, h: Formula, i_h: int, f_h: int) -> float:
-        """Bound on the children of a prefix of length L − 1 from pair counts (module docstring)."""
-        rows_a, rows_n = {}, {}
-        for c in h.concepts:
-            rows_a[c], rows_n[c] = self._pair_rows(c)
-        la, ua, ln, un = _intervals(h, rows_a, rows_n, self.unary, self.outside)
-        a = self.a
-        ua = torch.minimum(ua, torch.minimum(self.unary, torch.tensor(i_h)))
-        la = torch.maximum(la, i_h - (a - self.unary))
-        un = torch.minimum(un, torch.tensor(f_h))
-        ln = torch.maximum(ln, f_h - (self.not_a - self.outside))
-        b_and = _ratio(ua, a + ln)
-        b_and_not = _ratio(i_h - la, a + f_h - un)
-        b_or = _ratio(i_h + self.unary - la, a + f_h + self.outside - un)
-        valid = self.cand.clone()
-        valid[list(h.concepts)] = False
-        if not bool(valid.any()):
-            return -math.inf
-        return float(torch.maximum(torch.maximum(b_and, b_and_not), b_or)[valid].max())
+    def refine(self, g: Formula | None, rows: torch.Tensor, cs: torch.Tensor, i_h: torch.Tensor,
+               f_h: torch.Tensor) -> torch.Tensor:
+        """Pair-interval bounds (K,) on the single extensions of the children ``g op_rows[j] cs[j]`` (module
+        docstring, refinement); -inf for a child with nothing left to add."""
+        k, a = len(cs), self.a
+        tot_a, tot_n = self.unary, self.outside
+        e_a = torch.stack([self._pair_rows(int(c))[0] for c in cs.tolist()])  # (K, C) |e ∧ d ∧ A|
+        e_n = torch.stack([self._pair_rows(int(c))[1] for c in cs.tolist()])  # (K, C) |e ∧ d ∖ A|
+        valid = self.cand[None].repeat(k, 1)
+        valid[torch.arange(k), cs] = False
+        if g is None:
+            la, ua, ln, un = e_a, e_a, e_n, e_n
+        else:
+            rows_a, rows_n = {}, {}
+            for c in g.concepts:
+                rows_a[c], rows_n[c] = self._pair_rows(c)
+            valid[:, list(g.concepts)] = False
+            gla, gua, gln, gun = (t[None] for t in _intervals(g, rows_a, rows_n, tot_a, tot_n))
+            is_or, is_and = (rows == 0)[:, None], (rows == 1)[:, None]
+            # AND NOT e: e's complement within d ∧ A (resp. d ∖ A) is exact: tot − e
+            ra = torch.where(is_and | is_or, e_a, tot_a - e_a)
+            rn = torch.where(is_and | is_or, e_n, tot_n - e_n)
+            la = torch.where(is_or, torch.maximum(gla, ra), (gla + ra - tot_a).clamp(min=0))
+            ua = torch.where(is_or, torch.minimum(tot_a, gua + ra), torch.minimum(gua, ra))
+            ln = torch.where(is_or, torch.maximum(gln, rn), (gln + rn - tot_n).clamp(min=0))
+            un = torch.where(is_or, torch.minimum(tot_n, gun + rn), torch.minimum(gun, rn))
+        i_h, f_h = i_h[:, None], f_h[:, None]
+        ua = torch.minimum(torch.minimum(ua, tot_a), i_h)
+        la = torch.maximum(la, i_h - (a - tot_a))
+        un = torch.minimum(torch.minimum(un, tot_n), f_h)
+        ln = torch.maximum(ln, f_h - (self.not_a - tot_n))
+        best = torch.maximum(torch.maximum(_ratio(ua, a + ln), _ratio(i_h - la, a + f_h - un)),
+                             _ratio(i_h + tot_a - la, a + f_h + tot_n - un))
+        best[~valid] = -math.inf
+        return best.max(1).values
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> tuple[float, str | None]:
@@ -414,37 +445,22 @@ class _BranchAndBound:
             if self._hopeless(bound, k + 1):  # best-first: everything left is hopeless too
                 self.heap.clear()
                 break
-            if self.nodes >= self.max_nodes:
+            if k >= 2 and self.expanded >= self.max_nodes:
                 return bound, "nodes"
             if self.time_budget is not None and time.perf_counter() - start > self.time_budget:
                 return bound, "time"
             heapq.heappop(self.heap)
-            if item[0] == "block":
-                block, pos = item[1], item[2]
-                pid, bs, rows, cs, ins, fps = block
-                if pos + 1 < len(bs):
-                    self._push(bs[pos + 1], k, ("block", block, pos + 1))
-                h = self._child_formula(self.prefixes[pid], rows[pos], cs[pos])
-                i_h, f_h, refined = ins[pos], fps[pos], False
-            else:
-                _, h, i_h, f_h, refined = item
+            block, pos = item
+            pid, bs, rows, cs = block
+            if pos + 1 < len(bs):
+                self._push(bs[pos + 1], k, (block, pos + 1))
+            h = self._child_formula(self.prefixes[pid], rows[pos], cs[pos])
             key = h.key
-            if key in self.done or (not refined and key in self.requeued):
-                continue
-            if k == self.length - 1 and k >= 2 and not refined:
-                self.nodes += 1
-                rb = min(bound, self.refine(h, i_h, f_h))
-                if self.record:
-                    self.records.append((h, rb, "refined"))
-                if not self._hopeless(rb, k + 1):
-                    self.requeued.add(key)
-                    self._push(rb, k, ("single", h, i_h, f_h, True))
-                else:
-                    self.done.add(key)
+            if key in self.done:
                 continue
             self.done.add(key)
             self.nodes += 1
-            self.expanded += 1
+            self.expanded += int(k >= 2)
             self.expand(h)
         return -math.inf, None
 
@@ -472,7 +488,8 @@ def optimal_search(
         beam_size: width of the seed beam search (>= 1), whose answer is the first incumbent; 0 = no seed beam.
         first_beam_size: the seed beam's first beam (None = ``2 * beam_size``, as :func:`beam_search`).
         concepts_allowed: (C,) bool, concepts that may appear; None = all.
-        max_nodes: node budget (>= 1): prefixes processed (expanded, or refined) before the search stops with the
+        max_nodes: node budget (>= 1): exact passes (expansions of prefixes of length >= 2; single concepts are
+            expanded from co-occurrence rows and not counted) before the search stops with the
             best formula found and its gap. Deterministic, so 1 and 2 processes give the same tables.
         time_budget: optional wall-clock budget in seconds (> 0), checked between nodes; None = none. Results
             that hit it depend on the machine's speed.

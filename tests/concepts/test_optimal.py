@@ -104,6 +104,7 @@ def bitmaps_for(inst, seed):
     yield noisy_bitmap(inst, seed, (d[:, 1] | d[:, 2]) & d[:, 3], 0.04)
     yield noisy_bitmap(inst, seed + 1, (d[:, 2] & ~d[:, 4]) | d[:, c - 1], 0.03)
     yield torch.rand(n, h, generator=torch.Generator().manual_seed(seed)) < 0.2
+    yield ~noisy_bitmap(inst, seed + 2, d[:, 1] & d[:, 5], 0.03)  # dense: few pixels outside A, clips bind
 
 
 def small_instance(seed):
@@ -155,20 +156,21 @@ def test_concepts_allowed_restricts_the_space():
     assert not (res.formula.concepts & {1, 3})
 
 
-def test_budget_hit_reports_an_honest_gap():
-    inst = small_instance(1)
-    a = next(iter(bitmaps_for(inst, 10)))
+@pytest.mark.parametrize("seed,which", [(0, 2), (1, 0)])
+def test_budget_hit_reports_an_honest_gap(seed, which):
+    inst = small_instance(seed)
+    a = list(bitmaps_for(inst, 10 * seed))[which]
     space = Space(inst.dense, a, 3)
-    seed = Leaf(int(np.argmax([space.iou.get((k,), -1.0) for k in range(12)])))  # the best single concept
-    res = optimal_search(inst.index, a, length=3, seed=seed, max_nodes=1)
-    assert res.budget_hit == "nodes" and not res.proven
+    best_leaf = Leaf(int(np.argmax([space.iou.get((k,), -1.0) for k in range(12)])))
+    res = optimal_search(inst.index, a, length=3, seed=best_leaf, max_nodes=1)  # one exact pass only
+    assert res.budget_hit == "nodes" and res.expanded == 1 and not res.proven
     assert res.optimality_gap > 0 and res.optimality_gap == res.upper_bound - res.iou
     assert res.iou <= space.best_iou <= res.upper_bound  # the certificate bounds the true optimum
-    assert res.iou < space.best_iou  # one node is not enough here, so it must not claim the optimum
-    full = optimal_search(inst.index, a, length=3, seed=seed)
-    assert full.proven and full.iou == space.best_iou and full.nodes > 1
-    timed = optimal_search(inst.index, a, length=3, seed=seed, time_budget=1e-9)
-    assert timed.budget_hit == "time" and timed.optimality_gap > 0
+    assert res.iou < space.best_iou  # one pass is not enough here, so it must not claim the optimum
+    full = optimal_search(inst.index, a, length=3, seed=best_leaf)
+    assert full.proven and full.iou == space.best_iou and full.expanded > 1
+    timed = optimal_search(inst.index, a, length=3, seed=best_leaf, time_budget=1e-9)
+    assert timed.budget_hit == "time" and timed.optimality_gap > 0 and timed.upper_bound >= space.best_iou
 
 
 def planted_instance():
