@@ -16,6 +16,9 @@ uniform(±1/√C) law drawn from ``seed``, or explicit tensors). Diagonal pairs 
 paper trained them anyway) and pairs with an empty class cannot be trained (the paper stored zero vectors):
 both get a zero normal and NaN accuracy.
 
+:func:`relevant_pixel_vectors` picks each class's training vectors (activations of its most relevant pixels);
+:func:`contrastive_mask` weights pixels by their side of a pair's hyperplane for the "A rather than B" NMF.
+
 The shifting test moves a layer's activations along a hyperplane normal and records the class probabilities:
 a forward hook replaces the layer output a (B, C, h, w) by a' = ReLU(a + o·d) (d broadcast over positions) for
 every offset o and direction d at once (the batch grows to D·O·B), so each image needs one forward per chunk of

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["SOLVERS", "INITS", "NMFResult", "batched_nmf", "nndsvd_init", "relative_error"]
+__all__ = ["SOLVERS", "INITS", "NMFResult", "batched_nmf", "class_rows", "nndsvd_init", "relative_error"]
 
 SOLVERS = ("hals", "mu", "sklearn")
 INITS = ("nndsvda", "nndsvd", "random", "custom")
@@ -93,6 +93,29 @@ class NMFResult:
     valid: torch.Tensor
     skipped: dict[int, str] = field(default_factory=dict)
     shift: torch.Tensor | None = None
+
+
+def class_rows(maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-class feature maps into NMF input: rows are pixels, columns channels.
+
+    Args:
+        maps: A tensors (N_a, C, h, w) (e.g. relevance-weighted activations of the images predicted as class a).
+
+    Returns:
+        X (A, max_a N_a·h·w, C), zero-padded, rows image-major then y then x; n_rows (A,) = N_a·h·w.
+    """
+    if len(maps) == 0:
+        raise ValueError("class_rows: need at least one class")
+    C, h, w = maps[0].shape[1:]
+    if any(m.dim() != 4 or tuple(m.shape[1:]) != (C, h, w) for m in maps):
+        raise ValueError(f"class_rows: every class needs (N_a, C={C}, h={h}, w={w}) maps, got "
+                         f"{[tuple(m.shape) for m in maps]}")
+    rows = [m.permute(0, 2, 3, 1).reshape(-1, C) for m in maps]
+    n_rows = torch.tensor([r.shape[0] for r in rows], device=maps[0].device)
+    X = maps[0].new_zeros(len(maps), max(1, int(n_rows.max())), C)
+    for a, r in enumerate(rows):  # a copy per class, no arithmetic
+        X[a, : r.shape[0]] = r
+    return X, n_rows
 
 
 def relative_error(X: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from sklearn.decomposition import NMF
 from sklearn.decomposition._nmf import _initialize_nmf
 from sklearn.exceptions import ConvergenceWarning
 
-from lit_explain.decomposition.nmf import batched_nmf, nndsvd_init, relative_error
+from lit_explain.decomposition.nmf import batched_nmf, class_rows, nndsvd_init, relative_error
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -203,3 +203,13 @@ def test_classes_split_over_processes_give_identical_factors():
         part = batched_nmf(X[shard], 3)
         assert torch.equal(part.H, whole.H[shard]) and torch.equal(part.W, whole.W[shard])
         assert torch.equal(part.n_iter, whole.n_iter[shard]) and torch.equal(part.error, whole.error[shard])
+
+
+def test_class_rows_by_hand():
+    a = torch.arange(8.0).reshape(1, 2, 2, 2)  # one image, C=2, 2x2: pixel (y, x) -> (a[0,0,y,x], a[0,1,y,x])
+    b = torch.ones(2, 2, 2, 2)
+    X, n = class_rows([a, b])
+    assert n.tolist() == [4, 8] and X.shape == (2, 8, 2)
+    assert X[0, :4].tolist() == [[0.0, 4.0], [1.0, 5.0], [2.0, 6.0], [3.0, 7.0]] and torch.all(X[0, 4:] == 0)
+    with pytest.raises(ValueError, match="every class needs"):
+        class_rows([a, torch.ones(1, 3, 2, 2)])
