@@ -36,7 +36,8 @@ SYNTHETIC = [
     ("netdissect_synthetic", "predict", "netdissect_synthetic.yaml", [], "outputs/netdissect_synthetic"),
     ("compexp_synthetic", "predict", "compexp_synthetic.yaml", [], "outputs/compexp_synthetic"),
     ("cce_synthetic", "predict", "cce_synthetic.yaml", [], "outputs/cce_synthetic"),
-    ("lavise_synthetic_fit", "fit", "lavise_synthetic.yaml", [], None),
+    # one epoch: the comparison is of the predict pass given one trained explainer (--lavise-from reuses it)
+    ("lavise_synthetic_fit", "fit", "lavise_synthetic.yaml", ["--trainer.max_epochs", "1"], None),
     ("lavise_synthetic", "predict", "lavise_synthetic.yaml",
      ["--ckpt_path", "outputs/lavise_synthetic/checkpoints/last.ckpt"], "outputs/lavise_synthetic"),
 ]
@@ -69,6 +70,23 @@ def _value(cell: str) -> str:
         return f"{float(cell):.6g}"
     except ValueError:
         return cell
+
+
+LAVISE_CKPT = "outputs/lavise_synthetic/checkpoints/last.ckpt"
+#: arguments renamed since a checkpoint may have been written (old name -> new name)
+RENAMED = {"layer_target": "layer"}
+
+
+def _import_checkpoint(src: Path, dst: Path) -> None:
+    import torch
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    hp = ckpt.get("hyper_parameters", {})
+    for old, new in RENAMED.items():
+        if old in hp:
+            hp[new] = hp.pop(old)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, dst)
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -108,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world-from", type=Path, help="workdir whose data/ and trained CNN are reused")
     ap.add_argument("--compare", type=Path, help="digests.json of another run: exit 1 on any difference")
     ap.add_argument("--only", default="", help="comma-separated names to run (default: all)")
+    ap.add_argument("--lavise-from", type=Path, help="workdir whose trained LaViSE checkpoint is reused (no fit); "
+                    "its hyper-parameters are renamed to today's argument names (layer_target -> layer)")
     ap.add_argument("--digest-only", action="store_true", help="recompute digests.json from the outputs, run nothing")
     args = ap.parse_args(argv)
     wd = args.workdir.resolve()
@@ -127,13 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         secs = run(wd, "fit", "synthetic_classifier.yaml", [], wd / "logs" / "synthetic_classifier.log")
         print(f"synthetic_classifier fit: {secs:.0f} s", flush=True)
     prepare_real(wd)
+    if args.lavise_from:
+        _import_checkpoint(args.lavise_from.resolve() / LAVISE_CKPT, wd / LAVISE_CKPT)
     only = {s for s in args.only.split(",") if s}
     digests: dict[str, dict[str, str]] = {}
     for name, sub, config, extra, out in SYNTHETIC + REAL:
         if only and name not in only and name.removesuffix("_fit") not in only:
             continue
-        if out:
-            shutil.rmtree(wd / out, ignore_errors=True)
+        if sub == "fit" and args.lavise_from:
+            continue
+        if out:  # results of an earlier run go; a checkpoint that the predict step reads stays
+            for p in (wd / out).glob("*") if (wd / out).is_dir() else []:
+                if p.name != "checkpoints":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         secs = run(wd, sub, config, extra, wd / "logs" / f"{name}.log")
         print(f"{name} {sub}: {secs:.0f} s", flush=True)
         if out:
