@@ -64,6 +64,21 @@ def load_coco(path: Path):
     return coco
 
 
+def _refuse_repeated_ids(records: list[dict], path: Path, key: str) -> None:
+    """Raise when two ``records`` (a COCO ``images`` or ``annotations`` list) share an ``id``.
+
+    pycocotools indexes both by id and keeps the last record, so a repeated annotation id would silently draw
+    one annotation's mask for another.
+    """
+    ids = np.array([int(r["id"]) for r in records], dtype=np.int64)
+    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        rid = int(uniq[counts > 1][0])
+        where = np.flatnonzero(ids == rid)[:2].tolist()
+        raise ValueError(f"{path}: {key}[{where[0]}] and {key}[{where[1]}] share the id {rid}; each of the "
+                         f"{key} must have its own id: use an unmodified instances file")
+
+
 def segment_geometry(segmentation: Any, height: int, width: int) -> str:
     """Where a COCO ``segmentation`` falls relative to its ``height`` x ``width`` image.
 
@@ -211,6 +226,9 @@ class CocoDataModule(InstanceDataModule):
 
     def _load_tables(self) -> InstanceTables:
         cocos = [load_coco(a) for a, _ in self._splits]
+        for coco, (ann_file, _) in zip(cocos, self._splits):
+            for key in ("images", "annotations"):
+                _refuse_repeated_ids(coco.dataset[key], ann_file, key)
         cats = self._category_table(cocos, [a for a, _ in self._splits])
         if self.label_mode == "category":
             label_names = list(cats.values())

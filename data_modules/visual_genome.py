@@ -199,8 +199,13 @@ class VisualGenomeDataModule(InstanceDataModule):
         """Stream the JSON files into flat arrays (before the frequency filter is applied)."""
         files = self._files
         images: dict[int, tuple[str, int, int]] = {}
-        for e in iter_json_array(files["image_data"]):
+        entry_of: dict[int, int] = {}
+        for k, e in enumerate(iter_json_array(files["image_data"])):
             iid = _image_id(e, files["image_data"])
+            if iid in entry_of:
+                raise ValueError(f"{files['image_data']}: image id {iid} is listed twice (entries {entry_of[iid]} and "
+                                 f"{k}); each image must be listed once: re-download image_data.json")
+            entry_of[iid] = k
             url = str(e.get("url") or f"{iid}.jpg")
             images[iid] = (url.rstrip("/").rsplit("/", 1)[-1], int(e["width"]), int(e["height"]))
 

@@ -274,3 +274,16 @@ def test_category_defined_twice_is_rejected(tmp_path):
                cats[:2] + [{"id": 8, "name": "truck"}])
     with pytest.raises(ValueError, match=r"category name 'truck' has two ids \(7 and 8\)"):
         _dm(root).label_names
+
+
+@pytest.mark.parametrize("key", ["annotations", "images"])
+def test_repeated_annotation_or_image_id_is_rejected(tmp_path, key):
+    root = tmp_path / "coco"
+    path = write_coco(root, "train", _images("train"))
+    write_coco(root, "val", _images("val"))
+    data = json.loads(path.read_text())
+    data[key][3]["id"] = data[key][1]["id"]  # pycocotools would keep only the later record
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"instances_train2017\.json: {key}\[1\] and {key}\[3\] share the id "
+                                         rf"{data[key][1]['id']}"):
+        _dm(root).label_names

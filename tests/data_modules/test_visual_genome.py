@@ -461,3 +461,12 @@ def test_box_geometry_against_a_pixel_scan():
         assert got["outside_image"][i] == (not inside), (i, x, y, w, h)
         assert got["clipped"][i] == (bool(inside) and len(inside) < len(rows) * len(cols)), (i, x, y, w, h)
     assert got["outside_image"].sum() > 20 and got["clipped"].sum() > 20 and got["negative_size"].sum() > 20
+
+
+def test_image_listed_twice_in_image_data_is_rejected(tmp_path):
+    root = write_vg(tmp_path / "vg", _vocab_images())
+    data = json.loads((root / "image_data.json").read_text())
+    data.append(dict(data[2], width=W + 10))  # the same image again, with another size: which one would win?
+    (root / "image_data.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"image_data\.json: image id 3 is listed twice \(entries 2 and 5\)"):
+        _dm(root, tmp_path).label_names
