@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_explain.concepts.formulas import And, Leaf, Not, Or  # noqa: E402
 from lit_explain.concepts.heuristics import LeafGeometry  # noqa: E402
 from lit_explain.concepts.index import ConceptIndex  # noqa: E402
-from lit_explain.concepts.search import SearchContext, beam_search  # noqa: E402
+from lit_explain.concepts.search import SearchContext, SearchSettings, beam_search  # noqa: E402
 
 N_COLORS, N_OBJECTS, N_PARTS, N_SCENES, N_TEXTURES = 11, 20, 10, 10, 5
 COLOR0 = OBJECT0 = PART0 = SCENE0 = TEXTURE0 = NUM_CONCEPTS = 0
@@ -198,7 +198,7 @@ def timed_search(ctx, bitmap, scorer):
     """(result, wall seconds, CPU seconds of this process, peak extra resident bytes)."""
     with PeakRSS() as mem:
         t, c = time.perf_counter(), time.process_time()
-        res = beam_search(ctx, bitmap, length=3, beam_size=5, scorer=scorer)
+        res = beam_search(ctx, bitmap, SearchSettings(length=3, beam_size=5, scorer=scorer))
         dt, dc = time.perf_counter() - t, time.process_time() - c
     return res, dt, dc, mem.extra
 

@@ -34,12 +34,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lit_explain import distributed
+
 __all__ = [
     "kmeans_1d",
     "ranges_from_counts",
     "activation_ranges",
     "unit_activation_ranges",
     "Fp16Histogram",
+    "cached_unit_ranges",
 ]
 
 
@@ -374,3 +377,45 @@ def unit_activation_ranges(
         activation_ranges(torch.as_tensor(np.asarray(acts[:, j])), k, None, drop_zeros, method, n_init, seed)
         for j in range(u)
     ]
+
+
+def cached_unit_ranges(
+    entry,
+    image_ids: torch.Tensor,
+    units: torch.Tensor,
+    thresholds: torch.Tensor,
+    k: int,
+    drop_zeros: bool | str = "auto",
+    method: str = "exact",
+    seed: int = 0,
+) -> list[list[tuple[float, float]]]:
+    """Sorted (lo, hi) ranges of selected units of an activation cache, identical on every DDP process.
+
+    ``k = 1``: NetDissect's single range ``(threshold, +inf)`` per unit. Otherwise the k clusters of all the
+    unit's cached values: for a float16 cache each process histograms its own images (``image_ids``), the
+    histograms are summed across processes (the sufficient statistic, so 1 and N processes cluster
+    identically) and each process clusters its round-robin share of the units; other dtypes cluster each unit's
+    distinct values read from the whole cache. The shares are gathered, so every process returns all units.
+
+    Args:
+        entry: an :class:`~lit_explain.activations.store.ActivationEntry` (``acts`` (N, U_all, h, w)).
+        image_ids: (B,) this process's images.
+        units: (U,) unit indices into the entry.
+        thresholds: (U,) the units' thresholds (``k = 1`` only).
+        k, drop_zeros, method, seed: as :func:`activation_ranges`.
+    """
+    if k == 1:
+        return [[(float(t), math.inf)] for t in thresholds.tolist()]
+    units_np = torch.as_tensor(units).numpy()
+    mine = distributed.shard(list(range(len(units_np))))
+    if entry.acts.dtype == np.float16:
+        hist = Fp16Histogram(len(units_np))
+        for chunk in torch.as_tensor(image_ids, dtype=torch.int64).split(256):
+            hist.update(torch.from_numpy(np.asarray(entry.acts[chunk.numpy()][:, units_np])))
+        hist.counts = distributed.all_sum(hist.counts)
+        part = hist.ranges(k, drop_zeros, method, seed=seed, units=mine)
+    else:  # float32 cache: cluster each of this process's units on its distinct values
+        part = [activation_ranges(torch.from_numpy(np.asarray(entry.acts[:, int(units_np[j])])), k, None,
+                                  drop_zeros, method, seed=seed) for j in mine]
+    got = dict(distributed.gather_objects(list(zip(mine, part))))
+    return [got[j] for j in range(len(units_np))]

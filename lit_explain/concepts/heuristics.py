@@ -49,7 +49,7 @@ __all__ = [
     "estimate",
 ]
 
-HEURISTICS = ("none", "mmesh", "cfh", "areas")
+HEURISTICS = ("none", "mmesh", "cfh", "areas")  # "none": no estimate, every candidate is evaluated
 _EMPTY_BOX = (0, 0, -1, -1)
 
 
@@ -260,33 +260,21 @@ def estimate(
         aR, iR = right_area, right_inter
         in_R = right_area > 0
     in_L = aL > 0
-    if heuristic == "areas":
-        inter_hat = torch.minimum(A, aL + aR) if op == "or" else torch.minimum(aL, aR)
-        num = inter_hat.sum(0).to(torch.float64)
-        return num / (total - num)  # may be negative or inf: the areas heuristic is not admissible
+    if heuristic not in ESTIMATORS:
+        raise ValueError(f"unknown heuristic {heuristic!r}; expected one of {list(ESTIMATORS)}")
+    estimator, scene_shortcut = ESTIMATORS[heuristic]
     if op == "or":
         iLm, iRm = iL, iR  # OR is present wherever either side is, and I > 0 implies presence
     else:
         iLm, iRm = iL * in_R, iR * in_L
     inter_hat = torch.minimum(A, iLm + iRm) if op == "or" else torch.minimum(iLm, iRm)
-    num = inter_hat.sum(0)
+    t = _Terms(op, left, A, aL, aR, inter_hat, inter_hat.sum(0), total, right_box, right_rect)
+    est = estimator(t)
+    if not scene_shortcut:
+        return est
     # scene shortcut: exact per-sample counts when one side is all-or-nothing in every image
     left_scene = bool(((left.area == 0) | (left.area == H)).all())
     scene = right_scene.clone() | left_scene
-    if heuristic == "cfh":
-        est = num.to(torch.float64) / (total - num).to(torch.float64)
-    elif heuristic == "mmesh":
-        if op == "or":
-            area_lo = torch.maximum(aL, aR)
-            area_lo = torch.maximum(area_lo, aL + aR - box_overlap(left.box[:, None, :], right_box))
-        elif op == "and":
-            area_lo = box_overlap(left.rect[:, None, :], right_rect)
-        else:
-            area_lo = aL - box_overlap(left.box[:, None, :], right_box)
-        area_lo = torch.maximum(area_lo, inter_hat)
-        est = iou_from_counts(num, total, area_lo.sum(0))  # union >= |A| > 0: area_lo >= inter_hat
-    else:
-        raise ValueError(f"unknown heuristic {heuristic!r}; expected one of {HEURISTICS}")
     if bool(scene.any()):
         if op == "or":
             area_s = torch.maximum(aL, aR)
@@ -297,3 +285,54 @@ def estimate(
         exact = iou_from_counts(inter_s.sum(0), total, area_s.sum(0))
         est = torch.where(scene, exact, est)
     return est
+
+
+@dataclass
+class _Terms:
+    """What every estimator reads: the operator, L's summaries, per-image areas (N, 1)/(N, K) of A, L and the
+    right term R (c, or NOT c), the per-image bound of the intersection and its sum over images."""
+
+    op: str
+    left: SideInfo
+    A: torch.Tensor
+    aL: torch.Tensor
+    aR: torch.Tensor
+    inter_hat: torch.Tensor
+    num: torch.Tensor
+    total: int
+    right_box: torch.Tensor | None
+    right_rect: torch.Tensor | None
+
+
+def _areas_estimate(t: _Terms) -> torch.Tensor:
+    """Areas only (no intersections): not admissible, may be negative or inf."""
+    inter_hat = torch.minimum(t.A, t.aL + t.aR) if t.op == "or" else torch.minimum(t.aL, t.aR)
+    num = inter_hat.sum(0).to(torch.float64)
+    return num / (t.total - num)
+
+
+def _cfh_estimate(t: _Terms) -> torch.Tensor:
+    """Coordinates-free: the intersection bound over ``|A| - bound`` (an upper bound of the IoU)."""
+    return t.num.to(torch.float64) / (t.total - t.num).to(torch.float64)
+
+
+def _mmesh_estimate(t: _Terms) -> torch.Tensor:
+    """MMESH: the intersection bound over a lower bound of the union from boxes and inscribed rectangles."""
+    aL, aR = t.aL, t.aR
+    if t.op == "or":
+        area_lo = torch.maximum(aL, aR)
+        area_lo = torch.maximum(area_lo, aL + aR - box_overlap(t.left.box[:, None, :], t.right_box))
+    elif t.op == "and":
+        area_lo = box_overlap(t.left.rect[:, None, :], t.right_rect)
+    else:
+        area_lo = aL - box_overlap(t.left.box[:, None, :], t.right_box)
+    area_lo = torch.maximum(area_lo, t.inter_hat)
+    return iou_from_counts(t.num, t.total, area_lo.sum(0))  # union >= |A| > 0: area_lo >= inter_hat
+
+
+#: Registry of the heuristic estimates: name -> (estimate, whether the exact scene shortcut refines it).
+ESTIMATORS: dict = {
+    "mmesh": (_mmesh_estimate, True),
+    "cfh": (_cfh_estimate, True),
+    "areas": (_areas_estimate, False),
+}

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass, field
-from typing import Sequence
+import numbers
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable, Sequence
 
 import torch
 
@@ -51,9 +52,100 @@ from lit_explain.concepts.tally import SearchContext, UnitTally, extension_count
 from lit_explain.metrics.functional.iou import iou_from_counts
 from lit_explain.metrics.functional.sample_counts import detection_accuracy_from_counts
 
-__all__ = ["SCORERS", "BeamEntry", "SearchResult", "beam_search", "detacc_optimal_search", "SearchContext"]
+__all__ = ["SCORERS", "SearchSettings", "BeamEntry", "SearchResult", "beam_search", "detacc_optimal_search",
+           "SearchContext"]
 
-SCORERS = ("exact",) + HEURISTICS
+
+@dataclass(frozen=True)
+class Scorer:
+    """How a scorer extends a beam: ``step(ctx, tally, beam, candidates, k, settings, heuristic)`` returns the new
+    beam and the number of candidates whose exact IoU was computed. ``needs_geometry``: the scorer reads the
+    leaves' bounding boxes and inscribed rectangles (built once per context)."""
+
+    step: Callable
+    needs_geometry: bool = False
+
+
+def _step_exact(ctx, tally, beam, cand, k, settings, heuristic):
+    return _exact_step(ctx, tally, beam, cand, k, settings.complexity_penalty)
+
+
+def _step_heuristic(ctx, tally, beam, cand, k, settings, heuristic):
+    return _heuristic_step(ctx, tally, beam, cand, k, settings.complexity_penalty, heuristic, settings.concept_chunk)
+
+
+#: Registry of the scorers: ``exact`` (vectorised exact scores) and the dense heuristic scorers of CCE.
+SCORERS: dict[str, Scorer] = {
+    "exact": Scorer(_step_exact),
+    **{h: Scorer(_step_heuristic, needs_geometry=h == "mmesh") for h in HEURISTICS},
+}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Every setting of one beam search, validated once (the one argument list of the searches, the method and
+    its job keys).
+
+    Args:
+        length: maximum formula length (number of concepts), >= 1; 1 = NetDissect (argmax unary IoU).
+        beam_size: beam width, >= 1.
+        first_beam_size: leaves in the first beam, >= 1; None = ``2 * beam_size`` (CCE), compexp uses
+            ``beam_size``.
+        scorer: a name in :data:`SCORERS`: ``exact`` (default), ``none``, ``mmesh``, ``cfh`` or ``areas``.
+        candidate_limit: restrict the concepts added at each step to the top-k leaves by unary IoU, k >= 0
+            (compexp's BEAM_SEARCH_LIMIT); None = all allowed concepts.
+        complexity_penalty: ranking score ``penalty^(length−1) · IoU``, a finite number > 0 (1.0 = plain IoU).
+        concept_chunk: concepts estimated per block by the heuristic scorers (a memory knob), >= 1.
+    """
+
+    length: int = 3
+    beam_size: int = 5
+    first_beam_size: int | None = None
+    scorer: str = "exact"
+    candidate_limit: int | None = None
+    complexity_penalty: float = 1.0
+    concept_chunk: int = 256
+
+    def __post_init__(self) -> None:
+        def integer(name: str, low: int, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and optional:
+                return
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                accepted = f"an integer >= {low}" + (" or None" if optional else "")
+                raise ValueError(f"{name} must be {accepted}, got {v!r}")
+
+        integer("length", 1)
+        integer("beam_size", 1)
+        integer("first_beam_size", 1, optional=True)
+        integer("candidate_limit", 0, optional=True)
+        integer("concept_chunk", 1)
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {list(SCORERS)}, got {self.scorer!r}")
+        p = self.complexity_penalty
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or p <= 0:
+            raise ValueError(f"complexity_penalty must be a finite number > 0 (1.0 = plain IoU), got {p!r}")
+
+    @property
+    def first_beam(self) -> int:
+        """Leaves in the first beam (``first_beam_size``, or twice the beam)."""
+        return 2 * self.beam_size if self.first_beam_size is None else self.first_beam_size
+
+    def to_dict(self) -> dict:
+        """The settings as plain values (job keys, result metadata)."""
+        return asdict(self)
+
+    @classmethod
+    def resolve(cls, settings: "SearchSettings | None" = None, **overrides) -> "SearchSettings":
+        """``settings`` (default settings when None) with the given fields replaced; unknown names are an error."""
+        if settings is not None and not isinstance(settings, SearchSettings):
+            raise TypeError(f"settings must be a SearchSettings, got {type(settings).__name__}; pass the search "
+                            "settings by keyword (length=..., beam_size=...) or as SearchSettings(...)")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown search settings {unknown}; accepted: {[f.name for f in fields(cls)]}")
+        base = settings if settings is not None else cls()
+        return replace(base, **overrides) if overrides else base
 
 
 @dataclass
@@ -292,45 +384,32 @@ class _Searcher:
         self,
         index: ConceptIndex | SearchContext,
         bitmap: "torch.Tensor | UnitTally",
-        beam_size: int,
-        first_beam_size: int | None,
-        scorer: str,
-        candidate_limit: int | None,
-        complexity_penalty: float,
+        settings: SearchSettings,
         concepts_allowed: torch.Tensor | None,
-        concept_chunk: int = 256,
     ) -> None:
-        if scorer not in SCORERS:
-            raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         self.ctx, self.tally, self.allowed, self.unary = _prepare(index, bitmap, concepts_allowed)
-        self.scorer, self.beam_size, self.penalty = scorer, int(beam_size), float(complexity_penalty)
-        self.concept_chunk = max(1, int(concept_chunk))
+        self.settings = settings
+        self.scorer, self.beam_size = SCORERS[settings.scorer], settings.beam_size
         self.visited = 0
         ranked = _ranked_leaves(self.unary, self.allowed)
         self.ranked = ranked
-        first = self.beam_size * 2 if first_beam_size is None else int(first_beam_size)
         positive = [c for c in ranked if float(self.unary[c]) > 0]
-        self.beam = [BeamEntry(Leaf(c), float(self.unary[c]), float(self.unary[c])) for c in positive[:first]]
+        self.beam = [BeamEntry(Leaf(c), float(self.unary[c]), float(self.unary[c]))
+                     for c in positive[: settings.first_beam]]
         self.cand = self.allowed & (self.ctx.concept_areas > 0)
-        if candidate_limit is not None:
+        if settings.candidate_limit is not None:
             limited = torch.zeros_like(self.allowed)
-            limited[torch.tensor(ranked[: int(candidate_limit)], dtype=torch.int64)] = True
+            limited[torch.tensor(ranked[: settings.candidate_limit], dtype=torch.int64)] = True
             self.cand &= limited
-        if scorer == "mmesh" and self.ctx.geometry is None:
+        if self.scorer.needs_geometry and self.ctx.geometry is None:
             self.ctx.geometry = LeafGeometry.from_index(self.ctx.index)
         self.history = [[(e.formula, e.iou) for e in self.beam]]
 
     def step(self, k: int) -> None:
         if not self.beam or self.tally.total == 0:
             return
-        if self.scorer == "exact":
-            self.beam, v = _exact_step(self.ctx, self.tally, self.beam, self.cand, k, self.penalty)
-        else:
-            self.beam, v = _heuristic_step(
-                self.ctx, self.tally, self.beam, self.cand, k, self.penalty, self.scorer, self.concept_chunk
-            )
+        self.beam, v = self.scorer.step(self.ctx, self.tally, self.beam, self.cand, k, self.settings,
+                                        self.settings.scorer)
         self.visited += v
         self.history.append([(e.formula, e.iou) for e in self.beam])
 
@@ -345,37 +424,27 @@ class _Searcher:
 def beam_search(
     index: ConceptIndex | SearchContext,
     bitmap: "torch.Tensor | UnitTally",
-    length: int = 3,
-    beam_size: int = 5,
-    first_beam_size: int | None = None,
-    scorer: str = "exact",
-    candidate_limit: int | None = None,
-    complexity_penalty: float = 1.0,
+    settings: SearchSettings | None = None,
     concepts_allowed: torch.Tensor | None = None,
+    **overrides,
 ) -> SearchResult:
-    """Best formula of at most ``length`` concepts for one bitmap (see the module docstring).
+    """Best formula of at most ``settings.length`` concepts for one bitmap (see the module docstring).
 
     Args:
         index: the concept index, or a :class:`SearchContext` built from it (reuse one across units: it caches
             the leaf geometry of the heuristics and the dense-mask postings).
         bitmap: (N, H) or (N, sh, sw) bool, the unit's active pixels for one range on the mask grid, or its
             :class:`~lit_explain.concepts.tally.UnitTally` (reused by callers that also compute metrics).
-        length: maximum formula length (number of concepts); 1 = NetDissect (argmax unary IoU).
-        beam_size: beam width.
-        first_beam_size: number of leaves in the first beam; None = ``2 * beam_size`` (CCE); compexp uses
-            ``beam_size``.
-        scorer: ``exact`` (default), ``none``, ``mmesh``, ``cfh`` or ``areas``.
-        candidate_limit: restrict the concepts added at each step to the top-k leaves by unary IoU (compexp's
-            BEAM_SEARCH_LIMIT); None = all allowed concepts.
-        complexity_penalty: ranking score ``penalty^(length−1) · IoU`` (1.0 = plain IoU).
+        settings: the :class:`SearchSettings` (None = the defaults: length 3, beam 5, exact scorer).
         concepts_allowed: (C,) bool, concepts that may appear in formulas; None = all.
+        **overrides: :class:`SearchSettings` fields by name (``length=2, beam_size=3``), replacing those of
+            ``settings``.
 
     Returns:
         :class:`SearchResult`; ``formula`` is None when no allowed concept overlaps the bitmap.
     """
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    if length == 1:
+    settings = SearchSettings.resolve(settings, **overrides)
+    if settings.length == 1:
         ctx, tally, allowed, unary = _prepare(index, bitmap, concepts_allowed)
         ranked = _ranked_leaves(unary, allowed)
         if not ranked or float(unary[ranked[0]]) <= 0:
@@ -383,24 +452,20 @@ def beam_search(
         best = Leaf(ranked[0])
         iou = float(unary[ranked[0]])
         return SearchResult(best, iou, 0, [(best, iou)], [[(best, iou)]], iou)
-    s = _Searcher(index, bitmap, beam_size, first_beam_size, scorer, candidate_limit, complexity_penalty,
-                  concepts_allowed)
-    for step in range(1, length):
-        s.step(1 if step == length - 1 else s.beam_size)
+    s = _Searcher(index, bitmap, settings, concepts_allowed)
+    for step in range(1, settings.length):
+        s.step(1 if step == settings.length - 1 else s.beam_size)
     return s.result()
 
 
 def detacc_optimal_search(
     index: ConceptIndex | SearchContext,
     bitmap: "torch.Tensor | UnitTally",
-    min_length: int = 3,
+    settings: SearchSettings | None = None,
     max_length: int = 10,
-    beam_size: int = 5,
-    first_beam_size: int | None = None,
-    scorer: str = "exact",
-    candidate_limit: int | None = None,
-    complexity_penalty: float = 1.0,
     concepts_allowed: torch.Tensor | None = None,
+    min_length: int | None = None,
+    **overrides,
 ) -> tuple[SearchResult, float]:
     """Detection-accuracy-optimal formula length (detacc-compexp, dissection.md §4.2).
 
@@ -409,11 +474,18 @@ def detacc_optimal_search(
     ``max_length``. The beam keeps ``beam_size`` members throughout (the best formula at each length is the
     top of that beam, the same as the beam-1 last step of :func:`beam_search`).
 
+    Args:
+        settings, concepts_allowed, **overrides: as :func:`beam_search`; ``min_length`` (default
+            ``settings.length``) is the length searched first, ``max_length`` the longest tried.
+
     Returns:
         (result at the chosen length, its DetAcc).
     """
-    s = _Searcher(index, bitmap, beam_size, first_beam_size, scorer, candidate_limit, complexity_penalty,
-                  concepts_allowed)
+    settings = SearchSettings.resolve(settings, **overrides)
+    min_length = settings.length if min_length is None else int(min_length)
+    if min_length < 1:
+        raise ValueError(f"min_length must be >= 1, got {min_length}")
+    s = _Searcher(index, bitmap, settings, concepts_allowed)
 
     def detacc(f: Formula | None) -> float:
         if f is None:

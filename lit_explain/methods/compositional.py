@@ -5,30 +5,32 @@ For each selected unit u of the layer (dissection.md §2.5, §3):
 1. **Activation ranges.** ``num_clusters = 1``: NetDissect's single range ``(T_u, +inf)`` with the exact
    upper-tail quantile threshold (CoEx, and NetDissect with ``length = 1``). ``num_clusters = K > 1`` (CCE):
    the exact 1-D k-means of all raw activations of u (zeros dropped on post-ReLU layers), ranges = each
-   cluster's [min, max] in ascending order (:mod:`lit_explain.activations.clusters`). The sufficient statistic,
-   a per-unit histogram of the cached float16 values, is accumulated over each rank's images and summed across
-   ranks, so 1 and N processes cluster identically.
+   cluster's [min, max] in ascending order (:func:`lit_explain.activations.clusters.cached_unit_ranges`). The
+   sufficient statistic, a per-unit histogram of the cached float16 values, is accumulated over each rank's
+   images and summed across ranks, so 1 and N processes cluster identically.
 2. **Jobs.** Every (unit, range) is a job; jobs are sharded round-robin across ranks. A job builds the unit's
-   dataset bitmap ``lo < upsample(a_u) < hi`` on the concept-mask grid (only images whose maximum exceeds ``lo``
-   are upsampled: bilinear interpolation never exceeds the largest neighbour) and runs the beam search
-   (:func:`lit_explain.concepts.search.beam_search`, exact vectorised scoring by default).
+   dataset bitmap ``lo < upsample(a_u) < hi`` on the concept-mask grid
+   (:func:`lit_explain.activations.bitmaps.range_bitmap`) and runs the beam search with the method's
+   :class:`~lit_explain.concepts.search.SearchSettings` (:func:`lit_explain.concepts.search.beam_search`, exact
+   vectorised scoring by default).
 3. **Columns.** Beside the unified leading columns: the CCE metrics of the explanation
-   (:mod:`lit_explain.metrics.functional.explanation_metrics`), the best single concept (NetDissect's answer),
+   (:mod:`lit_explain.metrics.functional.sample_counts`), the best single concept (NetDissect's answer),
    visited states, optional detection-accuracy-optimal formula (detacc-compexp), and null baselines, so an IoU
    of 0.04 can be judged: the IoU of the same search with the concept annotations shuffled across images
    (``null_shuffled_iou``: what chance alignment achieves with these masks and this bitmap), and the IoU of the
    same unit and range index of a randomly initialised copy of the model (``null_random_iou``: what the
    architecture and the concept masks give without training; its activations are cached like the model's and
-   clustered the same way).
+   clustered the same way); the baselines are registered in :mod:`lit_explain.methods.null_baselines`.
 4. **Model-based metrics (options).** ``concept_masking``: CCE's label-masking score of each explanation (the
    cosine between the unit's in-range activations before and after attenuating everything but the explanation in
    the input; one forward pass per (explanation, image containing it), in batches). ``range_importance``: the
    fraction of images whose predicted class changes when cluster range k of every selected unit is zeroed
    (a forward hook on the layer; K + 1 forward passes per image, summed across ranks), reported on each row of
-   cluster k.
-5. **Resume.** Each finished job is written atomically to ``{output_dir}/jobs/<key>.json`` (the key hashes the
-   activation cache, the concept index, the range and every search setting); a rerun after an interruption
-   loads them instead of searching again, so it produces the same table.
+   cluster k. Both are in :mod:`lit_explain.metrics.model_based`.
+5. **Resume.** Each finished job is written atomically to ``{output_dir}/jobs/<key>.json`` by a
+   :class:`~lit_explain.job_cache.JobCache` (the key hashes the activation cache, the concept index, the range
+   and every search setting); a rerun after an interruption loads them instead of searching again, so it
+   produces the same table.
 
 ``num_clusters=1, length=1`` is NetDissect with the plain dataset IoU; ``num_clusters=1, length=3`` is Compositional
 Explanations (Mu & Andreas 2020, with CCE's length and de-duplicated search); ``num_clusters=5, length=3`` is CCE
@@ -40,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,28 +49,27 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lit_explain.activations.bitmaps import upsample_maps
-from lit_explain.activations.clusters import Fp16Histogram, activation_ranges
+from lit_explain.activations.bitmaps import range_bitmap
+from lit_explain.activations.clusters import cached_unit_ranges
 from lit_explain.activations.store import ActivationEntry
-from lit_explain.atomic import atomic_write_json
 from lit_explain.concepts.formulas import Formula, parse
-from lit_explain.concepts.search import SCORERS, SearchContext, beam_search, detacc_optimal_search
+from lit_explain.concepts.search import SearchContext, SearchSettings, beam_search, detacc_optimal_search
 from lit_explain.concepts.tally import UnitTally, formula_stats
+from lit_explain.job_cache import JobCache
 from lit_explain.methods.dissection import DissectionMethod
-from lit_explain.metrics.concept_masking import ConceptMaskingScore
-from lit_explain.metrics.functional.concept_masking import concept_masking_inputs
+from lit_explain.methods.null_baselines import NULL_BASELINES, NullJob
 from lit_explain.metrics.functional.sample_counts import explanation_metrics_from_counts
-from lit_explain.metrics.functional.range_importance import mask_activation_ranges
-from lit_explain.metrics.range_importance import RangeImportance
+from lit_explain.metrics.model_based import concept_masking_score, range_importance_scores
 
 __all__ = ["CompositionalExplanations", "NULL_BASELINES"]
 
 log = logging.getLogger(__name__)
 #: Seconds between progress messages of the (unit, range) searches.
 PROGRESS_SECONDS = 10.0
-
-#: Null baselines that can be reported beside each IoU.
-NULL_BASELINES = ("shuffled_labels", "random_model")
+#: Cluster methods of :func:`~lit_explain.activations.clusters.activation_ranges`.
+CLUSTER_METHODS = ("exact", "sklearn")
+#: Order of the column groups of a row (the CSV's column order follows it).
+_ROW_PARTS = ("search", "metrics", "concept_masking", "shuffled_labels", "detacc", "random_model")
 
 
 class CompositionalExplanations(DissectionMethod):
@@ -135,73 +135,48 @@ class CompositionalExplanations(DissectionMethod):
         super().__init__(*args, **kwargs)
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
-        if length < 1:
-            raise ValueError(f"length must be >= 1, got {length}")
-        if scorer not in SCORERS:
-            raise ValueError(f"scorer must be one of {SCORERS}, got {scorer!r}")
-        if cluster_method not in ("exact", "sklearn"):
-            raise ValueError(f"cluster_method must be 'exact' or 'sklearn', got {cluster_method!r}")
+        #: the search settings of every job (validated here, with the accepted ranges in the messages)
+        self.search = SearchSettings(length=length, beam_size=beam_size, first_beam_size=first_beam_size,
+                                     scorer=scorer, candidate_limit=candidate_limit,
+                                     complexity_penalty=complexity_penalty)
+        if cluster_method not in CLUSTER_METHODS:
+            raise ValueError(f"cluster_method must be one of {list(CLUSTER_METHODS)}, got {cluster_method!r}")
+        if drop_zeros not in (True, False, "auto"):
+            raise ValueError(f"drop_zeros must be 'auto', true or false, got {drop_zeros!r}")
         unknown = [b for b in null_baselines if b not in NULL_BASELINES]
         if unknown:
             raise ValueError(f"unknown null baselines {unknown}; available: {list(NULL_BASELINES)}")
+        if detacc_length and max_detacc_length < length:
+            raise ValueError(f"max_detacc_length must be >= length ({length}), got {max_detacc_length}")
+        if masking_batch_size < 1:
+            raise ValueError(f"masking_batch_size must be >= 1, got {masking_batch_size}")
         self.ranges: list[list[tuple[float, float]]] = []
 
     def needs_random_copy(self) -> bool:
-        return "random_model" in self.hparams.null_baselines
+        return any(NULL_BASELINES[b].needs_random_copy for b in self.hparams.null_baselines)
 
     # ------------------------------------------------------------------ activation ranges
     def unit_ranges(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
                     thresholds: torch.Tensor) -> list[list[tuple[float, float]]]:
         """Sorted (lo, hi) ranges of every selected unit (identical on all ranks)."""
         hp = self.hparams
-        if hp.num_clusters == 1:
-            return [[(float(t), math.inf)] for t in thresholds.tolist()]
-        units_np = units.numpy()
-        if entry.acts.dtype == np.float16:
-            hist = Fp16Histogram(len(units))
-            for chunk in local_indices.split(256):
-                ids = chunk.numpy()
-                hist.update(torch.from_numpy(np.asarray(entry.acts[ids][:, units_np])))
-            hist.counts = self._sum_across_ranks(hist.counts)  # the sufficient statistic, exact under DDP
-            mine = self.shard(list(range(len(units))))
-            part = hist.ranges(hp.num_clusters, hp.drop_zeros, hp.cluster_method, seed=hp.seed, units=mine)
-        else:  # float32 cache: cluster each of this rank's units on its distinct values
-            mine = self.shard(list(range(len(units))))
-            part = [activation_ranges(torch.from_numpy(np.asarray(entry.acts[:, int(units_np[j])])), hp.num_clusters,
-                                      None, hp.drop_zeros, hp.cluster_method, seed=hp.seed) for j in mine]
-        got = dict(p for p in self.gather_rows(list(zip(mine, part))))
-        return [got[j] for j in range(len(units))]
+        return cached_unit_ranges(entry, local_indices, units, thresholds, hp.num_clusters, hp.drop_zeros,
+                                  hp.cluster_method, seed=hp.seed)
 
-    # ------------------------------------------------------------------ bitmaps
     def range_bitmap(self, entry: ActivationEntry, unit: int, lo: float, hi: float) -> torch.Tensor:
         """(N, H) bool ``lo < upsample(a_unit) < hi`` over the whole dataset (N = the cache's images)."""
-        index = self.concept_index
-        n, h = entry.shape[0], index.pixel_size
-        out = torch.zeros(n, h, dtype=torch.bool)
-        lo32 = torch.tensor(lo, dtype=torch.float32)
-        hi32 = torch.tensor(hi, dtype=torch.float32)
-        maxes = torch.from_numpy(np.array(entry.maxes[:, unit], dtype=np.float32))
-        margin = float(lo32.abs()) * 1e-5 + 1e-12  # float rounding of the interpolation
-        cand = torch.nonzero(maxes > lo32 - margin).flatten()
-        step = max(1, (1 << 24) // h)
-        for chunk in cand.split(step):
-            ids = chunk.numpy()
-            acts = torch.from_numpy(np.asarray(entry.acts[ids, unit], dtype=np.float32))
-            up = upsample_maps(acts, index.mask_shape).reshape(len(ids), h)
-            out[chunk] = (up > lo32) & (up < hi32)
-        return out
+        return range_bitmap(entry, unit, lo, hi, self.concept_index.mask_shape)
 
     # ------------------------------------------------------------------ jobs
     def _job_key(self, unit: int, k: int, lo: float, hi: float) -> tuple[str, dict[str, Any]]:
+        """(file stem, spec): the spec holds everything the job's row depends on."""
         hp = self.hparams
         spec = {
             "activations": self.store_key,
             "index": self.concept_index.fingerprint(),
             "vocabulary": hashlib.sha256(json.dumps(self.vocabulary.to_dict()).encode()).hexdigest()[:16],
             "unit": int(unit), "cluster": int(k), "range": [repr(float(lo)), repr(float(hi))],
-            "num_clusters": hp.num_clusters, "length": hp.length, "beam_size": hp.beam_size,
-            "first_beam_size": hp.first_beam_size, "scorer": hp.scorer, "candidate_limit": hp.candidate_limit,
-            "complexity_penalty": hp.complexity_penalty, "null_baselines": list(hp.null_baselines),
+            "num_clusters": hp.num_clusters, **self.search.to_dict(), "null_baselines": list(hp.null_baselines),
             "detacc_length": hp.detacc_length, "max_detacc_length": hp.max_detacc_length,
             "compute_metrics": hp.compute_metrics, "concept_masking": hp.concept_masking,
             "seed": hp.seed, "quantile": hp.quantile,
@@ -209,21 +184,7 @@ class CompositionalExplanations(DissectionMethod):
         }
         if self.random_entry is not None:
             spec["random_activations"] = self.random_store_key
-        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
-        return f"u{int(unit):05d}_r{int(k)}_{digest}", spec
-
-    def _load_job(self, path: Path, spec: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None  # absent, or unreadable: recompute (writes are atomic, so this is rare)
-        if data.get("spec") != spec:
-            return None
-        row = data["row"]
-        for k in ("range_hi", "range_lo", "threshold"):
-            if row.get(k) in ("inf", "-inf"):
-                row[k] = float(row[k])
-        return row
+        return f"u{int(unit):05d}_r{int(k)}", spec
 
     def explain(self, entry: ActivationEntry, local_indices: torch.Tensor, units: torch.Tensor,
                 thresholds: torch.Tensor) -> list[dict[str, Any]]:
@@ -242,27 +203,26 @@ class CompositionalExplanations(DissectionMethod):
             for k, (lo, hi) in enumerate(self.ranges[j]):
                 jobs.append((j, u, k, lo, hi))
         mine = self.shard(jobs)
-        jobs_dir = Path(hp.output_dir) / "jobs"
+        cache = JobCache(Path(hp.output_dir) / "jobs", enabled=hp.resume)
         perm = torch.randperm(entry.shape[0], generator=torch.Generator().manual_seed(hp.seed))
-        rows, done, reused = [], 0, 0
+        rows, done = [], 0
         t_log = t_jobs = time.perf_counter()
         for j, u, k, lo, hi in mine:
             if lo is None:
                 rows.append(self._empty_row(u, float(thresholds[j])))
                 continue
-            name, spec = self._job_key(u, k, lo, hi)
-            path = jobs_dir / f"{name}.json"
-            row = self._load_job(path, spec) if hp.resume else None
+            stem, spec = self._job_key(u, k, lo, hi)
+            row = cache.load(stem, spec)
             if row is None:
                 t = time.perf_counter()
-                row = self._explain_job(ctx, entry, u, k, lo, hi, float(thresholds[j]), perm)
-                if self.random_entry is not None:
-                    rng = random_ranges[j][k] if k < len(random_ranges[j]) else None
-                    row.update(self._random_baseline(ctx, u, rng))
+                rng = None
+                if self.random_entry is not None and k < len(random_ranges[j]):
+                    rng = random_ranges[j][k]
+                row = self._explain_job(ctx, entry, u, k, lo, hi, float(thresholds[j]), perm, rng)
                 row["seconds"] = round(time.perf_counter() - t, 4)
-                atomic_write_json(path, {"spec": spec, "row": row})
+                cache.store(stem, spec, row)
             else:
-                reused += 1
+                row = _decode_row(row)
             rows.append(row)
             done += 1
             now = time.perf_counter()
@@ -270,19 +230,20 @@ class CompositionalExplanations(DissectionMethod):
                 t_log = now
                 eta = (now - t_jobs) / done * (len(mine) - done)
                 log.info("[rank %d] %d/%d (unit, range) jobs, %d reused, about %.0f s left; (unit %d, range %d): %s  "
-                         "IoU %.4f", self.global_rank, done, len(mine), reused, eta, u, k, row["label"] or "-",
+                         "IoU %.4f", self.global_rank, done, len(mine), cache.hits, eta, u, k, row["label"] or "-",
                          float(row["iou"]))
         rows = self.gather_rows(rows)
         rows.sort(key=lambda r: (int(r["unit"]), int(r["cluster"])))
         if hp.range_importance:
-            scores = self.range_importance_scores(local_indices, units, self.ranges)
+            scores = range_importance_scores(self.network(), self.layer_name, local_indices, self._images,
+                                             units.tolist(), self.ranges, hp.masking_batch_size)
             for r in rows:
                 has_range = float(r["range_hi"]) > float(r["range_lo"])  # not the row of a unit that never fires
                 r["range_importance"] = scores[int(r["cluster"])] if has_range else 0.0
         for r in rows:  # wall time depends on the machine: keep it out of the table, which must be reproducible
             r.pop("seconds", None)
         log.info("explained %d (unit, range) jobs in %.1f s (%d reused from %s)", len(rows),
-                 time.perf_counter() - t0, reused, jobs_dir)
+                 time.perf_counter() - t0, cache.hits, cache.folder)
         return rows
 
     def _empty_row(self, unit: int, threshold: float) -> dict[str, Any]:
@@ -290,17 +251,17 @@ class CompositionalExplanations(DissectionMethod):
                 "length": 0, "iou": 0.0, "threshold": threshold, "interpretable": False}
 
     def _explain_job(self, ctx: SearchContext, entry: ActivationEntry, unit: int, k: int, lo: float, hi: float,
-                     threshold: float, perm: torch.Tensor) -> dict[str, Any]:
+                     threshold: float, perm: torch.Tensor,
+                     random_range: tuple[float, float] | None = None) -> dict[str, Any]:
+        """The row of one (unit, range): the search, then the optional columns, in :data:`_ROW_PARTS` order."""
         hp = self.hparams
         vocab = self.vocabulary
         bitmap = self.range_bitmap(entry, unit, lo, hi)
         tally = UnitTally.build(ctx, bitmap)
-        search = dict(length=hp.length, beam_size=hp.beam_size, first_beam_size=hp.first_beam_size,
-                      scorer=hp.scorer, candidate_limit=hp.candidate_limit, complexity_penalty=hp.complexity_penalty)
-        res = beam_search(ctx, tally, **search)
+        res = beam_search(ctx, tally, self.search)
         f = res.formula
         first = res.history[0][0] if res.history and res.history[0] else None
-        row: dict[str, Any] = {
+        parts: dict[str, dict[str, Any]] = {"search": {
             "unit": unit,
             "cluster": k,
             "range_lo": float(lo),
@@ -315,36 +276,30 @@ class CompositionalExplanations(DissectionMethod):
             "best_concept": vocab.names[first[0].concept] if first is not None else "",
             "best_concept_iou": float(first[1]) if first is not None else 0.0,
             "visited": int(res.visited),
-            "scorer": hp.scorer,
-        }
+            "scorer": self.search.scorer,
+        }}
         if hp.compute_metrics:
-            row.update(self._metrics(ctx, tally, f))
+            parts["metrics"] = self._metrics(ctx, tally, f)
         if hp.concept_masking:
-            row["concept_masking"] = self.concept_masking_score(ctx, entry, unit, k, lo, hi, f)
-        if "shuffled_labels" in hp.null_baselines:
-            null = beam_search(ctx, bitmap[perm], **search)
-            row["null_shuffled_iou"] = float(null.iou)
-            row["null_shuffled_label"] = null.to_str(vocab)
+            parts["concept_masking"] = {"concept_masking": self.concept_masking_score(ctx, entry, unit, k, lo, hi, f)}
+        job = NullJob(ctx, bitmap, self.search, vocab, perm,
+                      lambda: None if random_range is None else self.range_bitmap(self.random_entry, unit,
+                                                                                  *random_range))
+        for name in hp.null_baselines:
+            if not NULL_BASELINES[name].needs_random_copy or self.random_entry is not None:
+                parts[name] = NULL_BASELINES[name].compute(job)
         if hp.detacc_length:
-            dres, det = detacc_optimal_search(ctx, tally, min_length=hp.length, max_length=hp.max_detacc_length,
-                                              **{a: b for a, b in search.items() if a != "length"})
-            row["detacc_label"] = dres.to_str(vocab)
-            row["detacc_length"] = dres.formula.length if dres.formula is not None else 0
-            row["detacc_iou"] = float(dres.iou)
-            row["detacc"] = float(det)
+            dres, det = detacc_optimal_search(ctx, tally, self.search, max_length=hp.max_detacc_length)
+            parts["detacc"] = {
+                "detacc_label": dres.to_str(vocab),
+                "detacc_length": dres.formula.length if dres.formula is not None else 0,
+                "detacc_iou": float(dres.iou),
+                "detacc": float(det),
+            }
+        row: dict[str, Any] = {}
+        for part in _ROW_PARTS:
+            row.update(parts.get(part, {}))
         return row
-
-    def _random_baseline(self, ctx: SearchContext, unit: int, rng: tuple[float, float] | None) -> dict[str, Any]:
-        """The ``random_model`` columns: the search on range ``rng`` of ``unit`` of the random copy (None: that
-        unit has fewer ranges, e.g. it never fires)."""
-        if rng is None:
-            return {"null_random_iou": 0.0, "null_random_label": ""}
-        hp = self.hparams
-        bitmap = self.range_bitmap(self.random_entry, unit, *rng)
-        res = beam_search(ctx, UnitTally.build(ctx, bitmap), length=hp.length, beam_size=hp.beam_size,
-                          first_beam_size=hp.first_beam_size, scorer=hp.scorer, candidate_limit=hp.candidate_limit,
-                          complexity_penalty=hp.complexity_penalty)
-        return {"null_random_iou": float(res.iou), "null_random_label": res.to_str(self.vocabulary)}
 
     def _metrics(self, ctx: SearchContext, tally: UnitTally, f: Formula | None) -> dict[str, float]:
         n = ctx.num_images
@@ -357,9 +312,9 @@ class CompositionalExplanations(DissectionMethod):
         return {name: float(v) for name, v in m.items() if name != "iou"}
 
     # ------------------------------------------------------------------ model-based metrics
-    def _images(self, ids: Sequence[int]) -> torch.Tensor:
-        ds = self.trainer.datamodule.dataset
-        return torch.stack([ds[int(i)]["image"] for i in ids]).to(self.device)
+    def _images(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        ds = self.predict_dataset()
+        return torch.stack([ds[int(i)]["image"] for i in torch.as_tensor(ids).tolist()]).to(self.device)
 
     def concept_masking_score(self, ctx: SearchContext, entry: ActivationEntry, unit: int, k: int, lo: float,
                               hi: float, f: Formula | None) -> float:
@@ -368,68 +323,12 @@ class CompositionalExplanations(DissectionMethod):
             return 0.0
         hp = self.hparams
         present = torch.nonzero(formula_stats(ctx, f, None, with_concepts=False).image_area > 0).flatten()
-        g = torch.Generator().manual_seed(hp.seed * 1000003 + unit * 101 + k)
-        metric = ConceptMaskingScore(1, sync_on_compute=False)
-        bounds = (torch.tensor([lo]), torch.tensor([hi]))
-        for chunk in present.split(hp.masking_batch_size):
-            images = self._images(chunk.tolist())
-            masks = f.mask(self.concept_index, chunk)[:, None]  # (B, 1, sh, sw)
-            x = concept_masking_inputs(images.cpu(), masks, g).to(self.device)
-            with torch.no_grad():
-                after = self.probe(x)[hp.layer][:, unit].float().cpu()
-            before = torch.from_numpy(np.asarray(entry.acts[chunk.numpy(), unit], dtype=np.float32))
-            metric.update(before.flatten(1)[:, None], after.flatten(1)[:, None], torch.ones(len(chunk), 1), *bounds)
-        return float(metric.compute())
-
-    def range_importance_scores(self, local_indices: torch.Tensor, units: torch.Tensor,
-                                ranges: list[list[tuple[float, float]]]) -> list[float]:
-        """Per cluster index k, the fraction of images whose arg-max prediction changes when every selected
-        unit's activations strictly inside its k-th range are zeroed (summed over ranks)."""
-        hp = self.hparams
-        k_max = max((len(r) for r in ranges), default=0)
-        if k_max == 0:
-            return []
-        module = self.net.get_submodule(hp.layer)
-        state: dict[str, Any] = {"k": None}
-        lo = hi = None
-
-        def hook(mod, inputs, output):
-            nonlocal lo, hi
-            if state["k"] is None:
-                return None
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                raise ValueError(f"range_importance needs layer {hp.layer!r} to output (B, U, h, w) maps, got "
-                                 f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
-            if lo is None:  # units that are not selected, and missing ranges, are never masked
-                lo = torch.full((output.shape[1], k_max), math.inf, dtype=output.dtype, device=output.device)
-                hi = torch.full_like(lo, -math.inf)
-                for j, u in enumerate(units.tolist()):
-                    for kk, (a, b) in enumerate(ranges[j]):
-                        lo[u, kk], hi[u, kk] = a, b
-            kk = state["k"]
-            return mask_activation_ranges(output, lo[:, kk : kk + 1], hi[:, kk : kk + 1])[0]
-
-        metric = RangeImportance(k_max, sync_on_compute=False)
-        handle = module.register_forward_hook(hook)
-        try:
-            for chunk in local_indices.split(hp.masking_batch_size):
-                images = self._images(chunk.tolist())
-                with torch.no_grad():
-                    state["k"] = None
-                    logits = self.net(images)
-                    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                        raise ValueError("range_importance needs a classifier whose output is (B, classes) logits")
-                    masked = []
-                    for kk in range(k_max):
-                        state["k"] = kk
-                        masked.append(self.net(images))
-                    state["k"] = None
-                metric.update(logits.cpu(), torch.stack(masked).cpu())
-        finally:
-            handle.remove()
-        changed = self._sum_across_ranks(metric.changed)
-        total = self._sum_across_ranks(metric.total)
-        return [float(v) for v in (changed.to(torch.float64) / max(1, int(total)))]
+        features = self.features()
+        return concept_masking_score(
+            present, self._images, lambda ids: f.mask(self.concept_index, ids),
+            lambda x: features(x)[:, unit],
+            lambda ids: torch.from_numpy(np.asarray(entry.acts[ids.numpy(), unit], dtype=np.float32)),
+            lo, hi, torch.Generator().manual_seed(hp.seed * 1000003 + unit * 101 + k), hp.masking_batch_size)
 
     # ------------------------------------------------------------------ pictures
     def label_mask(self, row: dict[str, Any], image_ids: torch.Tensor) -> torch.Tensor:
@@ -437,3 +336,11 @@ class CompositionalExplanations(DissectionMethod):
         if not row.get("label"):
             return torch.zeros(len(image_ids), *self.concept_index.mask_shape, dtype=torch.bool)
         return parse(row["label"], self.vocabulary).mask(self.concept_index, image_ids)
+
+
+def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row as the search returned it (bounds that older job files kept as strings become floats)."""
+    for k in ("range_hi", "range_lo", "threshold"):
+        if row.get(k) in ("inf", "-inf"):
+            row[k] = float(row[k])
+    return row

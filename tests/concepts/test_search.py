@@ -9,7 +9,7 @@ import torch
 
 from lit_explain.concepts.formulas import OPS, And, Leaf, Not, Or, extend
 from lit_explain.concepts.heuristics import SideInfo, estimate
-from lit_explain.concepts.search import SearchContext, beam_search, detacc_optimal_search
+from lit_explain.concepts.search import SCORERS, SearchContext, SearchSettings, beam_search, detacc_optimal_search
 from lit_explain.concepts.tally import UnitTally, extension_counts, formula_stats, iou_from_counts
 from tests.concepts.random_instances import make_instance, noisy_bitmap
 
@@ -274,6 +274,41 @@ def test_bad_inputs_raise():
         beam_search(inst.index, a[:-1])
     with pytest.raises(TypeError, match="bool"):
         beam_search(inst.index, a.float())
+    with pytest.raises(TypeError, match="unknown search settings"):
+        beam_search(inst.index, a, beam=3)
+    with pytest.raises(TypeError, match="SearchSettings"):
+        beam_search(inst.index, a, 3)  # the settings are not positional numbers
+
+
+@pytest.mark.parametrize("field,value,accepted", [
+    ("length", 0, "length must be an integer >= 1"),
+    ("beam_size", 0, "beam_size must be an integer >= 1"),
+    ("beam_size", 2.5, "beam_size must be an integer >= 1"),
+    ("first_beam_size", 0, "first_beam_size must be an integer >= 1 or None"),
+    ("candidate_limit", -1, "candidate_limit must be an integer >= 0 or None"),
+    ("complexity_penalty", 0.0, "complexity_penalty must be a finite number > 0"),
+    ("complexity_penalty", math.inf, "complexity_penalty must be a finite number > 0"),
+    ("concept_chunk", 0, "concept_chunk must be an integer >= 1"),
+    ("scorer", "fast", "scorer must be one of"),
+])
+def test_search_settings_refuse_values_outside_their_range(field, value, accepted):
+    with pytest.raises(ValueError, match=accepted):
+        SearchSettings(**{field: value})
+
+
+def test_search_settings_are_the_keyword_arguments():
+    """A SearchSettings object and the same fields by keyword give the same search; keywords override it."""
+    inst = make_instance(3, n=20, c=8)
+    ctx = SearchContext(inst.index)
+    a = noisy_bitmap(inst, 3, inst.dense[:, 1] | inst.dense[:, 4], 0.1)
+    s = SearchSettings(length=2, beam_size=2, first_beam_size=3, scorer="exact", candidate_limit=5)
+    by_kw = beam_search(ctx, a, length=2, beam_size=2, first_beam_size=3, candidate_limit=5)
+    by_obj = beam_search(ctx, a, s)
+    assert by_obj.formula.key == by_kw.formula.key and by_obj.iou == by_kw.iou and by_obj.visited == by_kw.visited
+    longer = beam_search(ctx, a, s, length=3)
+    assert longer.formula.key == beam_search(ctx, a, SearchSettings(3, 2, 3, "exact", 5)).formula.key
+    assert SearchSettings(beam_size=4).first_beam == 8 and SearchSettings(first_beam_size=3).first_beam == 3
+    assert set(SCORERS) == {"exact", "none", "mmesh", "cfh", "areas"}
 
 
 def test_detacc_optimal_search_extends_while_detection_accuracy_grows():

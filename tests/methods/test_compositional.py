@@ -141,6 +141,7 @@ class _Interrupted(Exception):
 
 def test_resume_reuses_finished_jobs_and_gives_the_same_table(miniature, monkeypatch):
     import lit_explain.methods.compositional as mod
+    import lit_explain.methods.null_baselines as nulls
 
     clean = (_run(miniature, out="clean", num_clusters=2, length=2, quantile=0.2) / "explanations.csv").read_bytes()
     calls = {"n": 0}
@@ -153,13 +154,16 @@ def test_resume_reuses_finished_jobs_and_gives_the_same_table(miniature, monkeyp
         return real(*a, **kw)
 
     monkeypatch.setattr(mod, "beam_search", crashing)
+    monkeypatch.setattr(nulls, "beam_search", crashing)  # the shuffled-labels baseline searches too
     with pytest.raises(_Interrupted):
         _run(miniature, out="x", num_clusters=2, length=2, quantile=0.2)
     assert not (miniature / "x" / "explanations.csv").exists()
     finished = list((miniature / "x" / "jobs").glob("*.json"))
     assert 1 <= len(finished) < 12  # searches and null baselines interleave: 2 calls per job
     calls["n"] = -10**9  # no more interruptions; count the searches of the resumed run
-    monkeypatch.setattr(mod, "beam_search", lambda *a, **kw: (calls.__setitem__("r", calls.get("r", 0) + 1), real(*a, **kw))[1])
+    counting = lambda *a, **kw: (calls.__setitem__("r", calls.get("r", 0) + 1), real(*a, **kw))[1]  # noqa: E731
+    monkeypatch.setattr(mod, "beam_search", counting)
+    monkeypatch.setattr(nulls, "beam_search", counting)
     resumed = (_run(miniature, out="x", num_clusters=2, length=2, quantile=0.2) / "explanations.csv").read_bytes()
     assert resumed == clean
     total_jobs = len(read_csv(miniature / "x" / "explanations.csv"))
@@ -207,6 +211,17 @@ def test_bad_arguments_raise(miniature):
         CompositionalExplanations(model=MODEL, layer="features", null_baselines=["random_labels"])
     with pytest.raises(ValueError, match="num_clusters"):
         CompositionalExplanations(model=MODEL, layer="features", num_clusters=0)
+    for kwargs, accepted in [(dict(first_beam_size=0), "first_beam_size must be an integer >= 1 or None"),
+                             (dict(beam_size=0), "beam_size must be an integer >= 1"),
+                             (dict(candidate_limit=-2), "candidate_limit must be an integer >= 0 or None"),
+                             (dict(length=0), "length must be an integer >= 1"),
+                             (dict(complexity_penalty=-1.0), "complexity_penalty must be a finite number > 0"),
+                             (dict(cluster_method="kmeans"), "cluster_method must be one of"),
+                             (dict(drop_zeros="yes"), "drop_zeros must be 'auto', true or false"),
+                             (dict(detacc_length=True, max_detacc_length=2), "max_detacc_length must be >= length"),
+                             (dict(masking_batch_size=0), "masking_batch_size must be >= 1")]:
+        with pytest.raises(ValueError, match=accepted):
+            CompositionalExplanations(model=MODEL, layer="features", **kwargs)
 
 
 def test_detacc_optimal_length_columns(miniature):
