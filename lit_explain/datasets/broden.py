@@ -267,8 +267,13 @@ class BrodenDataset(Dataset):
         kinds: dict[str, set[str]] = {c: set() for c in self.categories}
         rows, seen_subsets, seen_splits = [], set(), set()
         use_subset_filter = self.subset and self.index_file.name == "index.csv"
+        line_of: dict[str, int] = {}
         for line, rec in enumerate(records, start=2):
             image = (rec.get("image") or "").strip()
+            if image in line_of:  # the image (and its labels) would count twice in every dataset-level number
+                raise BrodenFormatError(f"{self.index_file}:{line}: image {image!r} is already listed on line "
+                                        f"{line_of[image]}; each image must have one row (restore the index file)")
+            line_of[image] = line
             cells = {c: split_cell(rec.get(c)) for c in self.categories}
             for c, entries in cells.items():
                 kinds[c].update("image" if e.isdigit() else "pixel" for e in entries)

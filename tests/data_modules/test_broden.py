@@ -532,3 +532,14 @@ def test_reader_rejects_out_of_range_arguments(broden_miniature):
         BrodenDataset(str(broden_miniature.root), min_image_count=-1)
     with pytest.raises(ValueError, match=r"BrodenDataset: image_size must be an integer >= 1 \(or null\), got 0"):
         BrodenDataset(str(broden_miniature.root), image_size=0)
+
+
+def test_image_listed_twice_in_the_index_is_rejected(tmp_path):
+    root = make_miniature(tmp_path / "b").root
+    index = root / "index.csv"
+    lines = index.read_text().splitlines()
+    first = next(i for i, ln in enumerate(lines, 1) if ln.startswith("pascal/2009_000001.jpg,"))
+    index.write_text("\n".join(lines + [lines[first - 1]]) + "\n")
+    with pytest.raises(BrodenFormatError, match=rf"index\.csv:{len(lines) + 1}: image 'pascal/2009_000001\.jpg' is "
+                                                rf"already listed on line {first}\b"):
+        BrodenDataset(str(root))
