@@ -29,14 +29,17 @@ Decisions (each one a choice between the upstream codebases, made explicit here)
   order; with ``min_image_count = m > 0`` only those occurring in at least m kept images, where "occurring"
   means: present in at least one pixel of a PNG plane of a selected category, or listed as an image-level
   entry of a selected category, of that image. Those counts need one pass over the PNGs; it is the same pass
-  that builds the concept index, and ``data_modules.broden.BrodenDataModule`` caches its result. The primary category is
-  taken over *all* categories, so a label whose primary category is not selected (``fabric``: material(36);
+  that builds the concept index, and ``data_modules.broden.BrodenDataModule`` caches its result. The primary
+  category is taken over *all* categories, so a label whose primary category is not selected (``fabric``: material(36);
   object(3), without material) is left out of a derived vocabulary even where it appears in an object PNG
   (NetDissect-Lite); naming it in ``concepts`` keeps it (its recorded category is then the selected category
   with the largest coverage). ``image_level`` is True for a concept when every selected category listing it
   holds integer entries in index.csv (scene, texture).
 * **Label ids**: an id found in a PNG (or an integer cell of a selected category) that label.csv does not
   define is always an error naming the file and the id. A defined id outside the vocabulary is ignored.
+* **Repeats** are errors naming the file and both lines: a label number or name defined twice in label.csv,
+  a category twice in category.csv, a number or name twice in one c_ file, an image on two index.csv rows,
+  a concept twice in ``concepts``. Letting the last row win would hand one concept another label's pixels.
 * ``mask_shape`` (sh, sw) and ``image_shape`` (ih, iw) must be constant over the kept rows (one Broden variant).
 
 Speed (vectorised per image, no per-pixel Python): one image costs a PNG decode per plane, one lookup-table
