@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_explain import distributed
-from lit_explain.methods.base import LayerMethod, check_tail_fraction
+from lit_explain.activations.bitmaps import unit_bitmaps
+from lit_explain.concepts.vocabulary import read_word_list
+from lit_explain.methods.base import SILENT_REASON, LayerMethod, check_tail_fraction
 from lit_explain.methods.lavise_filters import FilterExplanations, filter_pictures, filter_rows, pair_rows
 from lit_explain.methods.lavise_ops import (
     ATTENTION_MODES,
@@ -404,12 +406,10 @@ class LaViSE(LayerMethod):
                 raise ValueError(f"word_source='encoder' but {type(self.text_encoder).__name__} has no vocabulary: "
                                  "give it one (vocabulary: <word list>) or use word_source: labels / a file")
         else:
-            path = Path(src)
-            if not path.is_file():
+            if not Path(src).is_file():
                 raise FileNotFoundError(f"word_source {src!r} is neither 'labels', 'encoder' nor an existing word-list "
                                         "file (one word or phrase per line)")
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-            words = list(dict.fromkeys(w for w in lines if w and not w.startswith("#")))
+            words = read_word_list(src)
         on_missing = self.text_encoder.on_missing
         self.text_encoder.on_missing = "skip"  # unknown explanation words are skipped (logged), never fatal
         try:
@@ -502,10 +502,25 @@ class LaViSE(LayerMethod):
             tables={"filters": rows, "pairs": pair_rows(ex, hp.top_words)},
             meta=meta,
             pictures=filter_pictures(ex, self._predict_dataset),
-            summary=f"LaViSE: explained {n_units} filters of {hp.layer}; results: {hp.output_dir}/filters.csv",
+            summary=self._summary(n_units, int(silent.sum())),
             markdown={"lavise/filters": "\n".join(lines)},
             data=ex,
         )
+
+    def _summary(self, n_units: int, n_silent: int) -> str:
+        """The run's closing lines: what was explained, what was left unlabelled, what the data module skipped."""
+        hp = self.hparams
+        lines = [f"LaViSE: explained {n_units} filters of {hp.layer}; results: {hp.output_dir}/filters.csv"]
+        if n_silent:
+            lines.append(f"{n_silent} filters unlabelled: {SILENT_REASON}")
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        for name in ("skipped_annotations", "clipped_annotations"):
+            counts = getattr(dm, name, None)
+            if counts and any(counts.values()):
+                what = name.split("_")[0]
+                lines.append(f"annotations {what} by the data module: " + ", ".join(f"{k}: {v}" for k, v in
+                                                                                 sorted(counts.items()) if v))
+        return "\n".join(lines)
 
     def _explain_chunk(self, chunk, top_index, valid, units, thresholds, words, scores, gt, maps, num_labels) -> None:
         hp = self.hparams
@@ -526,8 +541,8 @@ class LaViSE(LayerMethod):
             fu = f[torch.arange(len(pu)), units[pu].to(self.device)]
             thr = thresholds[pu].to(device=self.device, dtype=f.dtype)
             if hp.attention == "image":
-                up = F.interpolate(fu[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-                inp = self.backbone.features(x[pi.to(self.device)] * (up > thr[:, None, None, None]))
+                region = unit_bitmaps(fu, x.shape[-2:], thr).view(len(pu), 1, *x.shape[-2:])
+                inp = self.backbone.features(x[pi.to(self.device)] * region)
             else:
                 inp = filter_attention(f, fu, thr, hp.attention)
             pred = self(inp)

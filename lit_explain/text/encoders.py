@@ -29,6 +29,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from lit_explain.concepts.vocabulary import read_word_list
 from lit_explain.atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,17 @@ def _quick_fingerprint(path: Path, block: int = 1 << 20) -> str:
 
 
 def _read_word_list(vocabulary: Sequence[str] | str | None) -> list[str] | None:
-    """A word list given inline or as a file with one word/phrase per line (blank lines and ``#`` ignored)."""
+    """A word list given inline or as a file with one word/phrase per line (blank lines and ``#`` ignored); a repeated
+    word is an error, never silently dropped."""
     if vocabulary is None:
         return None
     if isinstance(vocabulary, (str, os.PathLike)):
-        p = Path(vocabulary)
-        if not p.is_file():
-            raise FileNotFoundError(f"vocabulary file not found: {p} (expected one word or phrase per line)")
-        words = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-        return list(dict.fromkeys(w for w in words if w and not w.startswith("#")))
-    return list(dict.fromkeys(str(w) for w in vocabulary))
+        return read_word_list(vocabulary)
+    words = [" ".join(str(w).split()) for w in vocabulary]
+    repeated = sorted({w for w in words if words.count(w) > 1})
+    if repeated:
+        raise ValueError(f"vocabulary lists {repeated[:10]} more than once; list each word or phrase once")
+    return words
 
 
 class TextEncoder:
