@@ -310,6 +310,7 @@ class _BranchAndBound:
         self.prefixes: list[Formula | None] = []  # parent formulas of the queued blocks
         self.done: set[tuple] = set()
         self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rows_f: dict[int, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ incumbent and pruning
     def _offer(self, iou: float, f: Formula) -> None:
@@ -398,14 +399,21 @@ class _BranchAndBound:
         self.prefixes.append(f)
         self._push(block[1][0], k + 1, (block, 0))
 
+    def _pair_rows_f(self, c: int) -> torch.Tensor:
+        """(2, C) float64 pair rows of c (inside, outside A); integers below 2**53, so float64 arithmetic on them is
+        exact and the only rounding is the final division of each bound."""
+        if c not in self._rows_f:
+            self._rows_f[c] = torch.stack(self._pair_rows(c)).to(torch.float64)
+        return self._rows_f[c]
+
     def refine(self, g: Formula | None, rows: torch.Tensor, cs: torch.Tensor, i_h: torch.Tensor,
                f_h: torch.Tensor) -> torch.Tensor:
         """Pair-interval bounds (K,) on the single extensions of the children ``g op_rows[j] cs[j]`` (module
         docstring, refinement); -inf for a child with nothing left to add."""
-        k, a = len(cs), self.a
-        tot_a, tot_n = self.unary, self.outside
-        e_a = torch.stack([self._pair_rows(int(c))[0] for c in cs.tolist()])  # (K, C) |e ∧ d ∧ A|
-        e_n = torch.stack([self._pair_rows(int(c))[1] for c in cs.tolist()])  # (K, C) |e ∧ d ∖ A|
+        k, a = len(cs), float(self.a)
+        tot_a, tot_n = self.unary.to(torch.float64), self.outside.to(torch.float64)
+        pairs = torch.stack([self._pair_rows_f(c) for c in cs.tolist()])  # (K, 2, C)
+        e_a, e_n = pairs[:, 0], pairs[:, 1]  # |e ∧ d ∧ A|, |e ∧ d ∖ A|
         valid = self.cand[None].repeat(k, 1)
         valid[torch.arange(k), cs] = False
         if g is None:
@@ -415,23 +423,28 @@ class _BranchAndBound:
             for c in g.concepts:
                 rows_a[c], rows_n[c] = self._pair_rows(c)
             valid[:, list(g.concepts)] = False
-            gla, gua, gln, gun = (t[None] for t in _intervals(g, rows_a, rows_n, tot_a, tot_n))
-            is_or, is_and = (rows == 0)[:, None], (rows == 1)[:, None]
-            # AND NOT e: e's complement within d ∧ A (resp. d ∖ A) is exact: tot − e
-            ra = torch.where(is_and | is_or, e_a, tot_a - e_a)
-            rn = torch.where(is_and | is_or, e_n, tot_n - e_n)
-            la = torch.where(is_or, torch.maximum(gla, ra), (gla + ra - tot_a).clamp(min=0))
-            ua = torch.where(is_or, torch.minimum(tot_a, gua + ra), torch.minimum(gua, ra))
-            ln = torch.where(is_or, torch.maximum(gln, rn), (gln + rn - tot_n).clamp(min=0))
-            un = torch.where(is_or, torch.minimum(tot_n, gun + rn), torch.minimum(gun, rn))
-        i_h, f_h = i_h[:, None], f_h[:, None]
-        ua = torch.minimum(torch.minimum(ua, tot_a), i_h)
-        la = torch.maximum(la, i_h - (a - tot_a))
-        un = torch.minimum(torch.minimum(un, tot_n), f_h)
-        ln = torch.maximum(ln, f_h - (self.not_a - tot_n))
-        best = torch.maximum(torch.maximum(_ratio(ua, a + ln), _ratio(i_h - la, a + f_h - un)),
-                             _ratio(i_h + tot_a - la, a + f_h + tot_n - un))
-        best[~valid] = -math.inf
+            gla, gua, gln, gun = (t.to(torch.float64) for t in _intervals(g, rows_a, rows_n, self.unary, self.outside))
+            la, ua, ln, un = (torch.empty_like(e_a) for _ in range(4))
+            for op, sel in enumerate((rows == 0, rows == 1, rows == 2)):
+                if not bool(sel.any()):
+                    continue
+                ea, en = e_a[sel], e_n[sel]
+                if op == 0:  # g OR e
+                    la[sel], ua[sel] = torch.maximum(gla, ea), torch.minimum(tot_a, gua + ea)
+                    ln[sel], un[sel] = torch.maximum(gln, en), torch.minimum(tot_n, gun + en)
+                else:  # g AND e, or g AND NOT e with e's exact complement tot − e inside d
+                    ra, rn = (ea, en) if op == 1 else (tot_a - ea, tot_n - en)
+                    la[sel], ua[sel] = (gla + ra - tot_a).clamp(min=0), torch.minimum(gua, ra)
+                    ln[sel], un[sel] = (gln + rn - tot_n).clamp(min=0), torch.minimum(gun, rn)
+        ih, fh = i_h[:, None].to(torch.float64), f_h[:, None].to(torch.float64)
+        ua = torch.minimum(ua, ih)  # every branch above is already at most tot
+        la = torch.maximum(la, ih - (a - tot_a))
+        un = torch.minimum(un, fh)
+        ln = torch.maximum(ln, fh - (float(self.not_a) - tot_n))
+        best = ua / (a + ln)  # h AND d
+        torch.maximum(best, (ih - la) / (a + fh - un), out=best)  # h AND NOT d
+        torch.maximum(best, (ih + tot_a - la) / (a + fh + tot_n - un), out=best)  # h OR d
+        best.masked_fill_(~valid, -math.inf)
         return best.max(1).values
 
     # ------------------------------------------------------------------ main loop
