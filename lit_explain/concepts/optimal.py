@@ -109,6 +109,9 @@ __all__ = ["OptimalResult", "optimal_search", "DEFAULT_MAX_NODES"]
 #: co-occurrence rows, at a cost independent of the dataset's size, at most once each, and are not counted.
 DEFAULT_MAX_NODES = 200
 
+#: Elements of one (children x hull points) block of the single-OR bound (memory knob; results do not depend on it).
+_BLOCK_ELEMENTS = 1 << 22
+
 _OR_ROWS = torch.tensor([True, False, False])  # rows of extension_counts in OPS order: or, and, and_not
 
 
@@ -152,6 +155,15 @@ class OptimalResult:
     def to_str(self, vocabulary=None) -> str:
         """Canonical string of the formula ('' when there is none)."""
         return "" if self.formula is None else self.formula.to_str(vocabulary)
+
+    def columns(self) -> dict[str, float | int | bool | str]:
+        """The certificate columns of a results table row: ``optimality_gap``, ``upper_bound``, ``proven``,
+        ``budget_hit`` ('' when none), ``visited`` (the seed beam's exact IoUs plus the branch and bound's),
+        ``search_nodes`` (prefixes expanded), ``search_passes`` (exact passes) and ``beam_iou`` (the seed's IoU)."""
+        return dict(optimality_gap=float(self.optimality_gap), upper_bound=float(self.upper_bound),
+                    proven=bool(self.proven), budget_hit=self.budget_hit or "",
+                    visited=int(self.visited + self.seed_visited), search_nodes=int(self.nodes),
+                    search_passes=int(self.expanded), beam_iou=float(self.seed_iou))
 
 
 # ---------------------------------------------------------------------- hull of (false positives, gain) points
@@ -257,9 +269,13 @@ def _descendant_bounds(
     hx, hy = x[hull], y[hull]
     alpha = torch.where(or_rows[:, None], i_h, torch.full_like(i_h, i_g))  # (R, C)
     beta = torch.where(or_rows[:, None], torch.full_like(f_h, a + f_g), a + f_h)
-    single = _ratio(alpha[..., None] + hx, beta[..., None] + hy)  # (R, C, K)
-    single[:, hull, torch.arange(hull.numel())] = -math.inf  # d = c is not a descendant of h
-    single = single.max(-1).values
+    single = torch.empty(r, c, dtype=torch.float64)
+    step = max(1, _BLOCK_ELEMENTS // max(1, r * hull.numel()))  # bounded (R, step, K) blocks
+    for c0 in range(0, c, step):
+        block = _ratio(alpha[:, c0 : c0 + step, None] + hx, beta[:, c0 : c0 + step, None] + hy)  # (R, step, K)
+        own = (hull >= c0) & (hull < c0 + step)  # d = c is not a descendant of h
+        block[:, hull[own] - c0, torch.nonzero(own).flatten()] = -math.inf
+        single[:, c0 : c0 + step] = block.max(-1).values
     x_max = top_without_c(1)[None]
     y_min = y[valid].min()
     beta_own = torch.where(or_rows[:, None], a + f_h, a + f_h + y_min)

@@ -125,6 +125,9 @@ def test_equals_exhaustive_enumeration_and_every_bound_holds(seed):
         assert res.iou == space.best_iou, (seed, bi)
         assert res.formula.key == space.best.key, (seed, bi, res.to_str(), space.best.to_str())
         assert res.upper_bound == res.iou
+        cols = res.columns()
+        assert cols["optimality_gap"] == 0.0 and cols["proven"] and cols["budget_hit"] == ""
+        assert cols["visited"] == res.visited + res.seed_visited and cols["beam_iou"] == res.seed_iou
         assert res.records, "no bound was computed"
         for prefix, bound, stage in res.records:
             assert bound >= space.below[to_seq(prefix)], (seed, bi, stage, prefix, bound)
@@ -221,6 +224,18 @@ def test_empty_bitmap_and_no_overlap():
     only_empty[-1, 0] = True  # the last images carry no annotation at all
     res = optimal_search(inst.index, only_empty, length=3)
     assert res.formula is None and res.iou == 0.0 and res.proven
+
+
+def test_results_do_not_depend_on_the_block_size(monkeypatch):
+    inst = small_instance(1)
+    a = list(bitmaps_for(inst, 10))[0]
+    ref = optimal_search(inst.index, a, length=3, record=True)
+    import lit_explain.concepts.optimal as optimal_module
+
+    monkeypatch.setattr(optimal_module, "_BLOCK_ELEMENTS", 7)  # one or two children per block
+    small = optimal_search(inst.index, a, length=3, record=True)
+    assert (small.formula.key, small.iou, small.visited) == (ref.formula.key, ref.iou, ref.visited)
+    assert [(f.key, b) for f, b, _ in small.records] == [(f.key, b) for f, b, _ in ref.records]
 
 
 def test_deterministic_and_context_reuse():
