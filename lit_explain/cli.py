@@ -12,8 +12,8 @@ so that their classes can also be named by class name alone. Beside Lightning's 
 * ``--log_level``: level of the project's own messages;
 * ``python trainer_cli.py check --root <folder>``: validate a Broden-format folder before a long run.
 
-Errors: a known bad input (:mod:`lit_explain.errors`) is printed as one line with exit status 2 when the command line
-runs (``main()`` without arguments); in-process callers (``main([...])``) receive the exception itself, also when a
+Errors: a known bad input (:mod:`lit_explain.errors`, or a missing file) is printed as one line with exit status 2 when
+the command line runs (``main()`` without arguments); in-process callers (``main([...])``) receive the exception itself, also when a
 class constructor raised it during argument instantiation (it is not left wrapped in the argument parser's
 type-mismatch report).
 """
@@ -347,8 +347,9 @@ def main(args: ArgsType = None, exit_on_error: bool | None = None) -> ExplainCLI
 
     Args:
         args: the command line without the program name; None reads ``sys.argv``.
-        exit_on_error: print a :class:`~lit_explain.errors.ConfigError` (a known bad input) as one line on stderr
-            and exit with status 2, instead of raising it. Default: only when ``args`` is None (the console script
+        exit_on_error: print a :class:`~lit_explain.errors.ConfigError` (a known bad input) or a
+            ``FileNotFoundError`` (a file the input names is not there) as one line on stderr and exit with status 2,
+            instead of raising it. Default: only when ``args`` is None (the console script
             and ``trainer_cli.py``); ``--verbose`` keeps the traceback.
 
     Returns:
@@ -358,7 +359,7 @@ def main(args: ArgsType = None, exit_on_error: bool | None = None) -> ExplainCLI
         exit_on_error = args is None
     try:
         return _run(args)
-    except ConfigError as err:
+    except (ConfigError, FileNotFoundError) as err:  # a known bad input, or a file the input names that is not there
         argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
         if not exit_on_error or _is_verbose(argv):
             raise

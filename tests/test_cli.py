@@ -128,8 +128,10 @@ def test_missing_dataset_exits_nonzero_without_cache(tmp_path):
          "--data.root", str(tmp_path / "no_such_broden"), "--data.cache_dir", str(tmp_path / "cache"),
          "--model.cache_dir", str(tmp_path / "cache"), "--model.output_dir", str(tmp_path / "out")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "no_such_broden" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no_such_broden" in errors[0] and "Traceback" not in proc.stderr  # one line
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 
