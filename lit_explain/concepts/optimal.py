@@ -56,8 +56,9 @@ Write ``a = |A|``, and for a child h of g: ``I = |h ∧ A|``, ``F = |h ∖ A|`` 
    Its maximum over d is reached on the upper-left convex hull of the points (a dominated point, or one under
    the chord of two others, never scores more than they do), so it is evaluated for every child at once on a
    few hull points; two nested hulls make the maximum exact when the child's own concept c must be left out
-   (if c is a hull point, the best other point is on the hull of the rest). It is also at most
-   ``min(a, α + max_{d≠c} x_d) / (β' + min_d y_d)``, with β' the child's own ``a + F`` for OR children.
+   (if c is a hull point, the best other point is on the hull of the rest). Since ``|z ∧ A| <= a`` and the
+   union is at least ``a + F`` (plus ``min_d y_d`` for AND children), it is also at most
+   ``min(a, α + max_{d≠c} x_d) / (a + F [+ min_d y_d])``; the smaller of the two is used.
 
 The bound of a child is the largest of 2-4. It only needs ``x`` and ``y``, hence no pass per child.
 
@@ -75,7 +76,8 @@ computed once and combined with each child's new concept, so all surviving child
 Certificate and budget
 ----------------------
 ``upper_bound`` is the largest IoU any formula of the space can have, as proved: the incumbent's IoU when the
-queue is exhausted (every unevaluated formula lies in a discarded subtree whose bound did not beat it), else the
+queue is exhausted (every unevaluated formula lies in a discarded subtree whose bound did not beat it, or has
+the mask of a shorter formula), else the
 largest bound left in the queue when the node budget (``max_nodes`` exact passes, deterministic) or the
 optional ``time_budget`` (seconds; results then depend on the machine) stopped the search.
 ``optimality_gap = upper_bound − iou`` is 0 exactly when optimality is proved.
@@ -87,7 +89,6 @@ import heapq
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
