@@ -94,19 +94,26 @@ def _info_loggers() -> list[logging.Logger]:
     return loggers + [rank_zero.log] if rank_zero.log not in loggers else loggers
 
 
+def _noise_filters(action: str) -> None:
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings(action, category=category, module=_OWN_MODULES)
+    # the dissection methods collect their results in predict_step and return None on purpose
+    warnings.filterwarnings(action, message="predict returned None")
+
+
 def _hide_noise() -> None:
     """Hide Lightning's tips, dependencies' deprecation warnings and "predict returned None" (until restored)."""
     for logger in _info_loggers():
         logger.addFilter(_DROP_TIPS)
-    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category, module=_OWN_MODULES)
-    # the dissection methods collect their results in predict_step and return None on purpose
-    warnings.filterwarnings("ignore", message="predict returned None")
+    _noise_filters("ignore")
 
 
-def _show_noise() -> None:
+def _show_noise(warnings_too: bool = False) -> None:
+    """Show the tips again; with ``warnings_too`` also the warnings (filters put in front of the hiding ones)."""
     for logger in _info_loggers():
         logger.removeFilter(_DROP_TIPS)
+    if warnings_too:
+        _noise_filters("default")
 
 
 @contextlib.contextmanager
@@ -262,7 +269,7 @@ class ExplainCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         configure_logging(config.get("log_level", "INFO"))
         if self.subcommand in _OWN_VERBOSE and config.get("verbose"):
-            _show_noise()  # set in a config file (the command line flag was seen before parsing)
+            _show_noise(warnings_too=True)  # set in a config file (the command line flag was seen before parsing)
         if config.get("print_layers"):
             print(print_layers(config))
             raise SystemExit(0)

@@ -276,6 +276,9 @@ def test_quiet_by_default_verbose_brings_the_noise_back(tmp_path, monkeypatch, c
     info, warned = _run_collecting(_miniature_args(tmp_path, "--verbose"))
     assert [m for m in info if m.startswith("💡 Tip")], info
     assert [w for w in warned if "predict returned None" in w], warned
+    (tmp_path / "verbose.yaml").write_text("verbose: true\n")  # the same from a config file
+    info, warned = _run_collecting(_miniature_args(tmp_path, "--config", str(tmp_path / "verbose.yaml")))
+    assert [m for m in info if m.startswith("💡 Tip")] and [w for w in warned if "predict returned None" in w]
     # nothing leaks into later in-process runs
     info, warned = _run_collecting(_miniature_args(tmp_path))
     assert not [m for m in info if "Tip" in m] and not [w for w in warned if "predict returned None" in w]
