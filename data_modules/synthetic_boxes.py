@@ -44,6 +44,17 @@ class SyntheticBoxesDataModule(WSOLDataModule):
         if not is_complete_world(self.root):
             generate_world(self.root, num_images=self.num_images, seed=self.world_seed)
 
+    def hierarchy(self):
+        """The world's concept hierarchy with its classes as leaves (:func:`lit_explain.synth.hierarchy.world_hierarchy`
+        of the world's class rules), which HINT explains when its config names no hierarchy file."""
+        from lit_explain.synth.hierarchy import world_hierarchy
+
+        if not is_complete_world(self.root):
+            raise FileNotFoundError(f"SyntheticBoxesDataModule: {self.root} holds no complete synthetic world; call "
+                                    "prepare_data() (the Trainer does) or generate_world(root)")
+        world = read_world(self.root)
+        return world_hierarchy({c["name"]: c["rule"] for c in sorted(world["classes"], key=lambda c: int(c["id"]))})
+
     def read_split(self, split: str) -> list[BoxRecord]:
         if split not in ("train", "val"):
             raise ValueError(f"SyntheticBoxesDataModule: split must be 'train' or 'val', got {split!r}")
@@ -53,7 +64,8 @@ class SyntheticBoxesDataModule(WSOLDataModule):
         world = read_world(self.root)
         size = int(world["params"]["image_size"])
         n = int(world["params"]["num_images"])
-        self.classes = list(world["params"]["classes"])
+        # class ids in world.json order ("params" holds the rules with sorted keys, not in id order)
+        self.classes = [c["name"] for c in sorted(world["classes"], key=lambda c: int(c["id"]))]
         shape_index = {s: i for i, s in enumerate(SHAPES)}
         records, missing = [], []
         for i in range(n):
