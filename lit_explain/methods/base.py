@@ -147,6 +147,10 @@ class LayerMethod(LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        # recorded here, from this frame and every subclass __init__ frame around it, so the base's defaults are
+        # recorded too when a subclass forwards **kwargs (a subclass calling save_hyperparameters() again after
+        # super().__init__ would drop them unless it lists every argument itself)
+        self.save_hyperparameters()
         check_tail_fraction(quantile)
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a model spec such as 'torchvision:resnet18' or 'python:pkg.mod:factory'")

@@ -40,32 +40,17 @@ class DissectionMethod(LayerMethod):
     """Base class of predict-loop dissection methods; subclasses implement :meth:`explain`.
 
     Arguments of :class:`~lit_explain.methods.base.LayerMethod` (model, layer, weights, model_kwargs, units,
-    random_units, quantile, activation_dtype, cache_dir, output_dir, top_images, seed), plus:
+    random_units, quantile, activation_dtype, cache_dir, top_images, seed; the CLI lists them), plus:
 
     Args:
         num_pictures: how many units get a card (the highest-IoU ones), >= 0.
+        output_dir: where the results, pictures and the resolved configuration are written.
+        **kwargs: see :class:`~lit_explain.methods.base.LayerMethod`.
     """
 
-    def __init__(
-        self,
-        model: str,
-        layer: str,
-        weights: str = "none",
-        model_kwargs: dict[str, Any] | None = None,
-        units: list[int] | None = None,
-        random_units: int = 0,
-        quantile: float = 0.005,
-        activation_dtype: str = "float16",
-        cache_dir: str = "cache",
-        output_dir: str = "outputs/dissection",
-        top_images: int = 6,
-        num_pictures: int = 16,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(model, layer, weights=weights, model_kwargs=model_kwargs, units=units,
-                         random_units=random_units, quantile=quantile, activation_dtype=activation_dtype,
-                         cache_dir=cache_dir, output_dir=output_dir, top_images=top_images, seed=seed)
-        self.save_hyperparameters()
+    def __init__(self, *args: Any, num_pictures: int = 16, output_dir: str = "outputs/dissection",
+                 **kwargs: Any) -> None:
+        super().__init__(*args, output_dir=output_dir, **kwargs)  # records every argument as hyper-parameters
         if int(num_pictures) < 0:
             raise ValueError(f"num_pictures must be >= 0, got {num_pictures}")
 
