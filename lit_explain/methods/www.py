@@ -327,6 +327,12 @@ class WWW(LayerMethod):
         return self._grad_x_act(images, name, classes)
 
     # ------------------------------------------------------------------ predict loop
+    def setup(self, stage: str) -> None:
+        """Load the network before Lightning's predict loop enters inference mode: tensors made there cannot take
+        part in the backward pass of the autograd Shapley prior."""
+        super().setup(stage)
+        self.network()
+
     def on_predict_start(self) -> None:
         super().on_predict_start()
         hp = self.hparams
@@ -458,6 +464,7 @@ class WWW(LayerMethod):
             tables={"www_units": rows, "www_classes": class_rows, "www_images": image_rows},
             meta=meta,
             pictures=self._pictures(units, major, top_index, images),
+            report="www_units",
             summary=self._summary(len(units), auroc),
             scalars=scalars,
             markdown={"www/units": "\n".join(lines)},

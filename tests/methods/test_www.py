@@ -134,6 +134,19 @@ def test_metrics_by_hand(features_run):
     assert m["precision"] == pytest.approx(sum(precision) / 4)
     assert m["neurons"] == 4
     assert (features_run["out"] / "units" / "unit_0000.png").is_file()
+    assert "unit_0000.png" in (features_run["out"] / "report.html").read_text()
+
+
+def test_autograd_prior_equals_brute_force(tmp_path):
+    """shapley='autograd' (the path of ViT / non-linear heads): one backward per batch, same numbers."""
+    m = _method(tmp_path, shapley="autograd")
+    _run(m)
+    assert m.modes == {"features": "autograd"}
+    _, y, _, _, phi, _ = _brute_force()
+    rows = _csv(tmp_path / "out" / "www_units.csv")
+    for k, row in enumerate(rows):
+        for c, name in enumerate(UNITS):
+            assert float(row[f"shapley_{name}"]) == pytest.approx(float(phi[y == c, k].mean()), abs=1e-6)
 
 
 def test_class_logit_neurons_use_their_class_heatmap(tmp_path):
