@@ -72,12 +72,13 @@ def check_tail_fraction(quantile: float, name: str = "quantile") -> float:
 
 def dataset_fingerprint(dataset: Any) -> str:
     """A content key of a dataset for the activation cache: its ``fingerprint()`` when it has one, else a hash of
-    its ``image_paths()`` (with their sizes and modification times when the files exist)."""
+    its ``image_paths`` (a list or a method returning one; with the files' sizes and modification times)."""
     if hasattr(dataset, "fingerprint"):
         return str(dataset.fingerprint())
     if hasattr(dataset, "image_paths"):
+        paths = dataset.image_paths
         h = hashlib.sha256()
-        for p in dataset.image_paths():
+        for p in (paths() if callable(paths) else paths):
             h.update(str(p).encode())
             try:
                 st = os.stat(p)
@@ -151,6 +152,9 @@ class LayerMethod(LightningModule):
         # recorded too when a subclass forwards **kwargs (a subclass calling save_hyperparameters() again after
         # super().__init__ would drop them unless it lists every argument itself)
         self.save_hyperparameters()
+        #: where the caches live: a run option, not part of what the method is (kept out of hparams and checkpoints,
+        #: and so never in conflict with a data module's own ``cache_dir`` when Lightning logs both)
+        self.cache_dir = str(cache_dir)
         check_tail_fraction(quantile)
         if not isinstance(model, str) or not model.strip():
             raise ValueError("model must be a model spec such as 'torchvision:resnet18' or 'python:pkg.mod:factory'")
@@ -178,6 +182,13 @@ class LayerMethod(LightningModule):
         self._locks: dict[str, Any] = {}
         self._captures: list[tuple[str, Features, str, dict[str, Any]]] = []
         self._seen: list[torch.Tensor] = []
+
+    def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None,
+                             logger: bool = True) -> None:
+        """Lightning's, from the caller's frame, always leaving out ``cache_dir`` (see :attr:`cache_dir`)."""
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore or [])
+        super().save_hyperparameters(*args, ignore=[*ignore, "cache_dir"], frame=frame or inspect.currentframe().f_back,
+                                     logger=logger)
 
     # ------------------------------------------------------------------ hparams shared by every method
     # (properties so that subclasses with other argument lists, e.g. LaViSE's, read them the same way)
@@ -287,7 +298,7 @@ class LayerMethod(LightningModule):
         if self.num_images == 0:
             raise ValueError(f"{type(self).__name__}: the predict dataset has no images; check the data module's "
                              "split / subset / selection")
-        self.store = ActivationStore(f"{hp.cache_dir}/activations")
+        self.store = ActivationStore(f"{self.cache_dir}/activations")
         self._captures = []
         self._seen, self._writers = [], {}
         nets = [("", self.network(), hp.model, self.features())]
