@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lit_explain.errors import ConfigError
+
 __all__ = ["BrodenFormatError", "BrodenLabels", "HOWTO", "NUM_IDS", "check_root", "decode_label_png", "read_csv",
            "split_cell"]
 
@@ -33,7 +35,7 @@ HOWTO = (
 )
 
 
-class BrodenFormatError(ValueError):
+class BrodenFormatError(ConfigError):
     """A Broden file exists but its content is unreadable or inconsistent (corrupt image, unknown label id...)."""
 
 
