@@ -48,8 +48,9 @@ REAL = [
     ("netdissect_broden", "predict", "netdissect_broden.yaml", BRODEN_DATA, "outputs/netdissect_broden"),
     ("compexp_broden", "predict", "compexp_broden.yaml",
      BRODEN_DATA + ["--model.init_args.random_units", "4"], "outputs/compexp_broden"),
-    ("cce_broden", "predict", "cce_broden.yaml",
-     BRODEN_DATA + ["--model.init_args.random_units", "4"], "outputs/cce_broden"),
+    ("cce_broden", "predict", "cce_broden.yaml",  # the miniature has no material labels
+     BRODEN_DATA + ["--model.init_args.random_units", "4", "--data.init_args.categories",
+                    "[object, part, scene, texture, color]"], "outputs/cce_broden"),
 ]
 
 
