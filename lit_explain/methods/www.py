@@ -132,6 +132,8 @@ class WWW(LayerMethod):
             CLIP, or any object with ``encode_images``, ``encode_texts``, ``token_counts``).
         vocabulary: concept words: a word-list file, a synthetic world folder (``world.json``) or a Broden folder
             (``label.csv``); see :func:`~lit_explain.methods.www_encoders.load_vocabulary`.
+        vocabulary_synonyms: the vocabulary file holds comma-separated synonym sets per line (ImageNet class names,
+            ``tench, Tinca tinca``): every synonym is a concept.
         heatmap_layer: the layer whose activation maps make the heatmaps (a grid of >= 2 positions, e.g.
             ``layer4``); None = ``layer``.
         head: the name of the final linear module (for the exact linear-head Shapley prior).
@@ -160,6 +162,7 @@ class WWW(LayerMethod):
         layer: str = "fc",
         encoder: Any = None,
         vocabulary: str = "",
+        vocabulary_synonyms: bool = False,
         weights: str = "none",
         model_kwargs: dict[str, Any] | None = None,
         heatmap_layer: str | None = None,
@@ -228,7 +231,7 @@ class WWW(LayerMethod):
         self.std = _check_rgb("input_std", input_std, True)
         self.encoder = encoder
         #: the concept words (file errors surface here, at construction)
-        self.vocabulary = load_vocabulary(vocabulary)
+        self.vocabulary = load_vocabulary(vocabulary, synonyms=bool(vocabulary_synonyms))
         self.explanations: WWWExplanations | None = None
 
     # ------------------------------------------------------------------ layers and the Shapley mode
@@ -444,6 +447,9 @@ class WWW(LayerMethod):
         vocab = self.vocabulary
         gt = load_ground_truth(hp.ground_truth, self.entry.shape[1]) if hp.ground_truth else [None] * self.entry.shape[1]
         gt_units = [gt[int(u)] for u in units]
+        if hp.ground_truth and self.modes[hp.layer] != "output" and Path(hp.ground_truth).is_dir():
+            log.warning("WWW: ground_truth %s gives one class per unit, but layer %r is not the class logits; the "
+                        "metrics compare unit u with class u", hp.ground_truth, hp.layer)
         rows = self._unit_rows(units, major, minor, phi_layer, top_values, top_index, class_names, gt_units)
         class_rows = self._class_rows(phi_heat, class_names)
         pred = images["logits"].argmax(dim=1)
@@ -539,10 +545,13 @@ class WWW(LayerMethod):
         H, W = rgb.shape[-2:]
         acts = self.entry.acts
         peaks = torch.empty(len(k_i), 2)
-        for j, (k, n) in enumerate(zip(k_i.tolist(), n_i.tolist())):
-            amap = np.asarray(acts[int(top[k, n]), int(units[k])], dtype=np.float32)
-            flat = int(np.argmax(amap))
-            peaks[j, 0], peaks[j, 1] = flat // w, flat % w
+        flat = torch.empty(len(k_i), dtype=torch.int64)
+        for b in torch.unique(b_i).tolist():  # one read of each example image's maps
+            sel = (b_i == b).nonzero(as_tuple=True)[0]
+            image = int(top[k_i[sel[0]], n_i[sel[0]]])
+            maps = torch.from_numpy(np.asarray(acts[image], dtype=np.float32))[units[k_i[sel]]]  # (pairs, h, w)
+            flat[sel] = maps.flatten(1).argmax(dim=1)  # first maximum in row-major order
+        peaks[:, 0], peaks[:, 1] = (flat // w).float(), (flat % w).float()
         half = hp.crop_fraction * min(H, W) / 2.0
         cy = (peaks[:, 0] + 0.5) * H / h
         cx = (peaks[:, 1] + 0.5) * W / w

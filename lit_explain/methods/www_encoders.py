@@ -113,12 +113,16 @@ class OpenClipPair:
         return [max(int((row != 0).sum()) - 2, 0) for row in tokens]
 
 
-def read_vocabulary_file(path: str | os.PathLike) -> list[str]:
+def read_vocabulary_file(path: str | os.PathLike, synonyms: bool = False) -> list[str]:
     """Concepts of a word-list file, one word or phrase per line.
 
     Stricter than a plain word list, because a vocabulary defines what can be found: an empty line between
     entries (a pasted list with a gap, often a lost word) and a word listed twice are errors naming the file and
     line. Lines starting with ``#`` are comments; a file may end with blank lines.
+
+    With ``synonyms`` each line is a comma-separated synonym set (ImageNet's ``tench, Tinca tinca``) and every
+    synonym is a concept, first occurrence order; a synonym shared by two lines (ImageNet's two "crane" classes)
+    is kept once, as classes may legitimately share a name; an empty synonym (``a,,b``) is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -130,19 +134,30 @@ def read_vocabulary_file(path: str | os.PathLike) -> list[str]:
         if not raw.strip():
             raise ValueError(f"{path}:{n}: empty line in the vocabulary; remove it (each line must hold one concept "
                              "word or phrase; lines starting with '#' are comments)")
+    if synonyms:
+        words: list[str] = []
+        for n, raw in enumerate(lines, start=1):
+            if raw.strip().startswith("#"):
+                continue
+            parts = [" ".join(p.split()) for p in raw.split(",")]
+            if not all(parts):
+                raise ValueError(f"{path}:{n}: empty synonym in {raw.strip()!r}; separate synonyms by one comma")
+            words.extend(parts)
+        return list(dict.fromkeys(words))
     words = read_word_list(path)  # repeats are errors with both lines
     if not words:
         raise ValueError(f"{path}: the vocabulary is empty; list one concept word or phrase per line")
     return words
 
 
-def load_vocabulary(source: str | os.PathLike) -> list[str]:
+def load_vocabulary(source: str | os.PathLike, synonyms: bool = False) -> list[str]:
     """The concept vocabulary named by ``source`` (a local file or folder):
 
     * a folder with ``world.json``: the synthetic world's concept names, in the world's order;
     * a folder with ``label.csv``: Broden label names (``_`` as spaces; a category suffix such as ``-s`` is dropped
       unless the bare name is a label too);
-    * a file: one concept per line (:func:`read_vocabulary_file`).
+    * a file: one concept per line, or with ``synonyms`` one comma-separated synonym set per line
+      (:func:`read_vocabulary_file`).
     """
     path = Path(source)
     if path.is_dir():
@@ -162,4 +177,4 @@ def load_vocabulary(source: str | os.PathLike) -> list[str]:
             return out
         raise FileNotFoundError(f"vocabulary folder {path} holds neither world.json (a synthetic world) nor label.csv "
                                 "(Broden); give one of those, or a word-list file")
-    return read_vocabulary_file(path)
+    return read_vocabulary_file(path, synonyms=synonyms)

@@ -195,6 +195,14 @@ def test_vocabulary_file_errors_name_file_and_line(tmp_path):
     ok = tmp_path / "ok.txt"
     ok.write_text("# colours\nred\nblue\n\n")
     assert read_vocabulary_file(ok) == ["red", "blue"]
+    syn = tmp_path / "imagenet.txt"
+    syn.write_text("tench, Tinca tinca\ncrane\ncrane,  bird\n")
+    assert read_vocabulary_file(syn, synonyms=True) == ["tench", "Tinca tinca", "crane", "bird"]
+    assert _method(tmp_path / "c", vocabulary=str(syn), vocabulary_synonyms=True).vocabulary[:2] == ["tench",
+                                                                                                   "Tinca tinca"]
+    syn.write_text("tench,,Tinca tinca\n")
+    with pytest.raises(ValueError, match=r"imagenet.txt:1: empty synonym"):
+        read_vocabulary_file(syn, synonyms=True)
     with pytest.raises(FileNotFoundError, match="vocabulary file not found"):
         _method(tmp_path / "b", vocabulary=str(tmp_path / "nope.txt"))
 
