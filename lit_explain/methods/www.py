@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from lit_explain import distributed
 from lit_explain.methods.base import LayerMethod
+from lit_explain.methods.www_crops import crop_resize, peak_cells, peak_crop_boxes
 from lit_explain.methods.www_encoders import load_vocabulary
 from lit_explain.methods.www_ops import (class_activation_sums, concept_scores, gradient_x_activation,
                                          linear_head_sample_shapley, linear_head_shapley, misprediction_auroc,
@@ -533,36 +534,25 @@ class WWW(LayerMethod):
 
     def _embed_crops(self, units: torch.Tensor, top: torch.Tensor, slot: torch.Tensor, pos: torch.Tensor,
                      rgb: torch.Tensor, out: torch.Tensor) -> None:
-        """Embed the crops centred on each (unit, example) peak for the example images at positions ``pos``."""
-        from torchvision.ops import roi_align
-
+        """Embed the crops centred on each (unit, example) peak for the example images at positions ``pos``
+        (``rgb`` holds those images); rows of ``out`` (K, N, D) are filled."""
         hp = self.hparams
         k_i, n_i = torch.isin(slot, pos).nonzero(as_tuple=True)
         if len(k_i) == 0:
             return
         b_i = torch.searchsorted(pos, slot[k_i, n_i])
-        h, w = self.entry.shape[2:]
-        H, W = rgb.shape[-2:]
-        acts = self.entry.acts
-        peaks = torch.empty(len(k_i), 2)
-        flat = torch.empty(len(k_i), dtype=torch.int64)
+        cells = torch.empty(len(k_i), 2, dtype=torch.int64)
         for b in torch.unique(b_i).tolist():  # one read of each example image's maps
             sel = (b_i == b).nonzero(as_tuple=True)[0]
             image = int(top[k_i[sel[0]], n_i[sel[0]]])
-            maps = torch.from_numpy(np.asarray(acts[image], dtype=np.float32))[units[k_i[sel]]]  # (pairs, h, w)
-            flat[sel] = maps.flatten(1).argmax(dim=1)  # first maximum in row-major order
-        peaks[:, 0], peaks[:, 1] = (flat // w).float(), (flat % w).float()
-        half = hp.crop_fraction * min(H, W) / 2.0
-        cy = (peaks[:, 0] + 0.5) * H / h
-        cx = (peaks[:, 1] + 0.5) * W / w
-        y0 = (cy - half).clamp(0, H - 2 * half)
-        x0 = (cx - half).clamp(0, W - 2 * half)
-        boxes = torch.stack([b_i.float(), x0, y0, x0 + 2 * half, y0 + 2 * half], dim=1).to(rgb.device)
+            maps = torch.from_numpy(np.asarray(self.entry.acts[image], dtype=np.float32))[units[k_i[sel]]]
+            cells[sel] = peak_cells(maps)
+        size = tuple(rgb.shape[-2:])
+        boxes = peak_crop_boxes(cells, tuple(self.entry.shape[2:]), size, hp.crop_fraction)
         for s in range(0, len(boxes), hp.batch_size):
-            crops = roi_align(rgb, boxes[s:s + hp.batch_size], output_size=(H, W), spatial_scale=1.0,
-                              sampling_ratio=2, aligned=True)
-            e = F.normalize(self.encoder.encode_images(crops).float().cpu(), dim=1)
-            out[k_i[s:s + hp.batch_size], n_i[s:s + hp.batch_size]] = e
+            part = slice(s, s + hp.batch_size)
+            crops = crop_resize(rgb, b_i[part], boxes[part], size)
+            out[k_i[part], n_i[part]] = F.normalize(self.encoder.encode_images(crops).float().cpu(), dim=1)
 
     def _heatmaps(self, images: torch.Tensor, maps: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -255,3 +255,24 @@ def test_clip_file_of_another_architecture(tmp_path):
         OpenClipPair(str(folder)).encode_texts(["red"])
     with pytest.raises(FileNotFoundError, match="CLIP model not found"):
         OpenClipPair(str(tmp_path / "missing")).encode_texts(["red"])
+
+
+def test_peak_crops_by_hand():
+    from lit_explain.methods.www_crops import crop_resize, peak_cells, peak_crop_boxes
+
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 0, 0] = 1
+    maps[1, 3, 4] = maps[1, 5, 1] = 2  # tie: the first in row-major order
+    maps[2, 7, 7] = 1
+    cells = peak_cells(maps)
+    assert cells.tolist() == [[0, 0], [3, 4], [7, 7]]
+    boxes = peak_crop_boxes(cells, (8, 8), (32, 32), 0.5)
+    # centres (2, 2), (14, 18), (30, 30) in pixels; side 16, shifted inside the 32 x 32 image
+    assert boxes.tolist() == [[0, 0, 16, 16], [10, 6, 26, 22], [16, 16, 32, 32]]
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    crops = crop_resize(images, torch.tensor([1, 0, 1]), boxes, (32, 32))
+    for j, (img, (x0, y0, x1, y1)) in enumerate(zip([1, 0, 1], boxes.long().tolist())):
+        expected = F.interpolate(images[img:img + 1, :, y0:y1, x0:x1], size=(32, 32), mode="bilinear",
+                                 align_corners=False)[0]
+        # inside the crop, the sliced crop upsampled; its outer ring blends in the image pixels beyond the box
+        assert torch.allclose(crops[j][:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], atol=1e-6)
