@@ -64,15 +64,23 @@ def fitted(world, tmp_path_factory):
 
 def test_components_load_on_the_planted_units_of_each_rule(fitted):
     m, tmp = fitted
-    H = m.components  # (K, k, C)
-    names = list(NMF_CLASSES)
+    _assert_planted_match(m.components)  # (K, k, C)
+
+
+def _assert_planted_match(H):
     for c, rule in enumerate(NMF_CLASSES.values()):
         own = [NMF_UNITS.index(n) for n in rule.split(" AND ")]
         other = [NMF_UNITS.index(n) for n in COLOURS if n not in rule.split(" AND ")]
         Hn = H[c] / H[c].norm(dim=1, keepdim=True).clamp(min=1e-12)  # cosine with unit axes = normalised loadings
         match = Hn[:, own].max(0).values  # best component per planted unit
-        assert match.min() > 0.9, (names[c], Hn)
-        assert Hn[:, other].max() < 0.2, (names[c], Hn)
+        assert match.min() > 0.9, (rule, Hn)
+        assert Hn[:, other].max() < 0.2, (rule, Hn)
+
+
+@pytest.mark.slow
+def test_deeplift_smoothgrad_weighting_finds_the_planted_units_too(world, tmp_path):
+    m = _fit(_method(world, tmp_path, relevance="deeplift_smoothgrad", smoothgrad_samples=2, pairs=[]), world)
+    _assert_planted_match(m.components)
 
 
 def test_tables_pictures_and_tests(fitted):
