@@ -46,7 +46,7 @@ from lit_explain.methods.hint_concepts import HIERARCHY_SUFFIXES, ConceptPlan, l
 from lit_explain.methods.hint_ops import (RegionPixels, class_activation_maps, concept_targets, minmax_normalize,
                                           neuron_rows, responsible_mask, sample_region_pixels, upsample_maps)
 from lit_explain.models.concept_classifiers import LOSSES, ConceptClassifiers, per_concept_accuracy
-from lit_explain.results import MethodResult
+from lit_explain.results import MethodResult, Picture
 
 __all__ = ["HINT", "SALIENCY_MODES", "SHAPLEY_MODES", "BOX_MODES", "GT_MODES"]
 
@@ -169,7 +169,7 @@ class HINT(LayerMethod):
         self.classifiers: ConceptClassifiers | None = None
         self.plan: ConceptPlan | None = None
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
-        self._level_counts: dict[str, torch.Tensor] = {}
+        self._counts = torch.zeros(2, 0, dtype=torch.int64)
 
     # ------------------------------------------------------------------ the network, kept in eval mode
     def train(self, mode: bool = True) -> "HINT":
@@ -277,7 +277,8 @@ class HINT(LayerMethod):
         extra = state_dict.get(prefix + "_extra_state") or {}
         if weight is not None and (self.classifiers is None or self.classifiers.weight.shape != weight.shape):
             names = extra.get("concepts") or [f"concept_{k}" for k in range(weight.shape[0])]
-            self.classifiers = ConceptClassifiers(weight.shape[1], names, self.hparams.loss, self.hparams.alpha)
+            self.classifiers = ConceptClassifiers(weight.shape[1], names, self.hparams.loss,
+                                                  self.hparams.alpha).to(self.device)
         if self.net is None and any(k.startswith(prefix + "net.") for k in state_dict):
             self.network()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -301,7 +302,7 @@ class HINT(LayerMethod):
 
     # ------------------------------------------------------------------ fit: all concept classifiers at once
     def on_train_epoch_start(self) -> None:
-        self._level_counts = {}
+        self._counts = torch.zeros(2, len(self.plan.concepts), dtype=torch.int64)  # per concept: correct, labelled
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         plan = self.plan
@@ -312,7 +313,7 @@ class HINT(LayerMethod):
         loss, _ = self.classifiers.loss(px.features.float(), targets)
         correct, labelled = per_concept_accuracy(scores.detach(), targets)
         counts = torch.stack([correct, labelled]).cpu()
-        self._level_counts["all"] = self._level_counts.get("all", 0) + counts
+        self._counts = self._counts + counts
         B = batch["image"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=B, sync_dist=True)
         self.log("train/pixels", float(targets.shape[0]), on_step=False, on_epoch=True, batch_size=B, reduce_fx="sum",
@@ -321,10 +322,8 @@ class HINT(LayerMethod):
 
     def on_train_epoch_end(self) -> None:
         self.fitted.fill_(True)
-        counts = self._level_counts.get("all")
-        if counts is None:
-            return
-        counts = distributed.all_sum(counts.to(torch.int64))  # (2, K) correct, labelled: exact sums
+        counts = self._counts
+        counts = distributed.all_sum(counts.to(device=self.device, dtype=torch.int64)).cpu()  # (2, K): exact sums
         levels = sorted(set(self.plan.levels))
         for lv in levels:
             idx = [k for k, x in enumerate(self.plan.levels) if x == lv]
@@ -368,9 +367,10 @@ class HINT(LayerMethod):
         """Every rank's sampled cells in one canonical order: by image, its positives (row-major) then its
         background draws (draw order), the same order one process produces."""
         parts = list(zip(*self._cells)) if self._cells else [[torch.zeros(0, dtype=torch.int64)]] * 4
-        image, cell, pos, label = (torch.cat(list(p)) for p in parts)
-        image, cell, label = (distributed.gather_varlen(t.to(torch.int64)) for t in (image, cell, label))
-        pos = distributed.gather_varlen(pos.to(torch.uint8)).bool()
+        mine = torch.stack([torch.cat(list(p)).to(torch.int64) for p in parts]).numpy()  # (4, n): image, cell, pos, label
+        # as picklable objects (any backend, CPU or GPU), concatenated in rank order
+        image, cell, pos, label = torch.from_numpy(np.concatenate(self.gather_rows([mine]), axis=1))
+        pos = pos.bool()
         key = image * 2 + (~pos).to(torch.int64)
         order = torch.sort(key, stable=True).indices
         return image[order], cell[order], pos[order], label[order]
@@ -468,14 +468,32 @@ class HINT(LayerMethod):
                    + ", ".join(f"{c}={order[k, 0].item()}" for k, c in enumerate(plan.concepts[:12]))
                    + (" ..." if len(plan.concepts) > 12 else ""))
         self.shapley_scores = scores
+        shown = plan.concepts[:6]
+        pictures = [Picture("concept_maps", self._draw_concept_maps, tag="hint/concept_maps")]
         self.result = MethodResult(tables={"hint_neurons": rows, "hint_concepts": concept_rows}, meta=meta,
-                                   summary=summary,
+                                   summary=summary, pictures=pictures,
                                    scalars={"hint/collaborative_units": float(len(collab)),
                                             "hint/multimodal_units": float(len(multi))},
-                                   markdown={"hint/concepts": "\n".join(
+                                   markdown={"hint/concept_maps": "Each row: the image, then the maps of "
+                                                                  + ", ".join(shown) + " (red: classifier says yes)",
+                                             "hint/concepts": "\n".join(
                                        f"* **{r['concept']}** ({r['level']}): units {r['top_units']}"
                                        for r in concept_rows)},
                                    data=scores)
+
+    def _draw_concept_maps(self, images: int = 4, concepts: int = 6) -> Any:
+        """The first ``images`` predict images beside the maps of the first ``concepts`` concepts (a PIL image)."""
+        from lit_explain.methods.hint_pictures import concept_map_grid
+
+        ds = self.predict_dataset()
+        idx = list(range(min(int(images), len(ds))))
+        if not idx or self.entry is None:
+            return None
+        x = torch.stack([ds[i]["image"] for i in idx])
+        feats = torch.from_numpy(np.asarray(self.entry.acts[idx])).to(self.classifiers.weight.device)
+        with torch.no_grad():
+            maps = self.classifiers.concept_maps(feats.float())[:, : int(concepts)].cpu()
+        return concept_map_grid(x, maps)
 
     # ------------------------------------------------------------------ test: WSOL maps (the callback scores them)
     def wsol_index(self) -> int:
@@ -512,11 +530,20 @@ class HINT(LayerMethod):
         self._cam_layer = cam_layer
         self._test_seen = 0
 
-    def on_test_end(self) -> None:
-        probe = getattr(self, "_test_probe", None)
-        if probe is not None:
-            probe.close()
-            self._test_probe = None
+    def teardown(self, stage: str) -> None:
+        """Drop what a run leaves that cannot (or should not) be pickled for a later ``ddp_spawn`` run: the probes'
+        forward hooks and the capture functions (local functions), the activation entry (memory maps would be
+        copied into the pickle). The result and the classifiers stay."""
+        for name in ("probe", "_test_probe"):
+            probe = getattr(self, name, None)
+            if probe is not None:
+                probe.close()
+                setattr(self, name, None)
+        self._captures, self._writers = [], {}
+        self.entry = self.random_entry = None
+        if self.result is not None:
+            self.result.pictures = []  # drawn by the writer already; bound methods need not travel
+        super().teardown(stage)
 
     def _not_padding(self, n: int) -> torch.Tensor:
         """(n,) bool: False for the images DDP's DistributedSampler repeats to even out the ranks (position
