@@ -1,9 +1,11 @@
 """WWWMetrics: the neuron-concept metrics of a WWW run against its ground truth (torchmetrics sum states).
 
 After the predict loop (``on_predict_end``, once :class:`~lit_explain.methods.www.WWW` has handed forward its
-result, whose ``data`` is the :class:`~lit_explain.methods.www.WWWExplanations`), the units that have ground-truth
-words are split round robin over the processes; each process updates the metrics with its own units and
-``compute()`` sums the states across processes, so 1 and N processes report the same numbers:
+result, whose ``data`` is the :class:`~lit_explain.methods.www.WWWExplanations`, identical on every process), the
+units that have ground-truth words are scored and ``compute()`` sums the metrics' states across processes. Every
+process holds every unit's concepts and the per-unit scores are cheap, so process 0 adds all units and the others
+add none: a float sum split across processes would be grouped differently and could differ from the one-process
+number in its last bit, while a sum with zeros is exact, so 1 and N processes report identical numbers:
 
 * hit rate, precision, recall, F1 of the exact-string concept sets (:class:`~lit_explain.metrics.www.ConceptSetMetrics`);
 * the CLIP text cosine (``clip_cos``): the run's own encoder pair's text tower on the raw words, pairs clipped at 1;
@@ -63,7 +65,7 @@ class WWWMetrics(Callback):
                 metrics.append(ConceptEmbeddingCosine(ex.encode_words, name="clip", clip_max=1.0))
             if self.minilm_cosine:
                 metrics.append(minilm_cosine_metric())
-            mine = scored[trainer.global_rank::trainer.world_size]
+            mine = scored if trainer.global_rank == 0 else []  # exact sums (see the module docstring)
             preds = [ex.concepts[k] for k in mine]
             gts = [ex.ground_truth[k] for k in mine]
             for metric in metrics:
