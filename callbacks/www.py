@@ -7,7 +7,8 @@ process holds every unit's concepts and the per-unit scores are cheap, so proces
 add none: a float sum split across processes would be grouped differently and could differ from the one-process
 number in its last bit, while a sum with zeros is exact, so 1 and N processes report identical numbers:
 
-* hit rate, precision, recall, F1 of the exact-string concept sets (:class:`~lit_explain.metrics.www.ConceptSetMetrics`);
+* hit rate, precision, recall, F1 of the exact-string concept sets
+  (:class:`~lit_explain.metrics.www.ConceptSetMetrics`);
 * the CLIP text cosine (``clip_cos``): the run's own encoder pair's text tower on the raw words, pairs clipped at 1;
 * optionally the sentence-embedding cosine with the offline all-MiniLM-L6-v2 (``minilm_cos``; the paper's MPNet
   cosine with another encoder, so not comparable to its numbers).

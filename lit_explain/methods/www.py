@@ -199,16 +199,19 @@ class WWW(LayerMethod):
         self.save_hyperparameters()
         if not isinstance(self.hparams.get("encoder"), (dict, type(None))):
             self.hparams["encoder"] = None  # the object may hold a model: keep it out of hparams.yaml
-        missing = [m for m in ("encode_images", "encode_texts", "token_counts") if not callable(getattr(encoder, m, None))]
+        needed = ("encode_images", "encode_texts", "token_counts")
+        missing = [m for m in needed if not callable(getattr(encoder, m, None))]
         if encoder is None or missing:
             raise ValueError("WWW needs an image/text encoder pair: encoder: {class_path: lit_explain.methods."
                              "www_encoders.OpenClipPair, init_args: {path: <CLIP folder or file>}}"
-                             + (f" (the given {type(encoder).__name__} lacks {missing})" if encoder is not None else ""))
+                             + (f" (the given {type(encoder).__name__} lacks {missing})" if encoder is not None
+                                else ""))
         if not isinstance(vocabulary, (str, Path)) or not str(vocabulary).strip():
             raise ValueError("vocabulary must name a word-list file, a synthetic world folder (world.json) or a "
                              f"Broden folder (label.csv); got {vocabulary!r}")
         if heatmap_layer is not None and (not isinstance(heatmap_layer, str) or not heatmap_layer.strip()):
-            raise ValueError(f"heatmap_layer must be a dotted layer name (e.g. 'layer4') or None, got {heatmap_layer!r}")
+            raise ValueError(f"heatmap_layer must be a dotted layer name (e.g. 'layer4') or None, got "
+                             f"{heatmap_layer!r}")
         if not isinstance(head, str) or not head.strip():
             raise ValueError(f"head must be the name of the final linear module (e.g. 'fc'), got {head!r}")
         if shapley not in SHAPLEY_MODES:
@@ -446,7 +449,8 @@ class WWW(LayerMethod):
         auroc = misprediction_auroc(images["reliability"], images["logits"], images["label"])
         class_names = self._class_names()
         vocab = self.vocabulary
-        gt = load_ground_truth(hp.ground_truth, self.entry.shape[1]) if hp.ground_truth else [None] * self.entry.shape[1]
+        n_units = self.entry.shape[1]
+        gt = load_ground_truth(hp.ground_truth, n_units) if hp.ground_truth else [None] * n_units
         gt_units = [gt[int(u)] for u in units]
         if hp.ground_truth and self.modes[hp.layer] != "output" and Path(hp.ground_truth).is_dir():
             log.warning("WWW: ground_truth %s gives one class per unit, but layer %r is not the class logits; the "
