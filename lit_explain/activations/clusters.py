@@ -43,6 +43,7 @@ __all__ = [
     "unit_activation_ranges",
     "Fp16Histogram",
     "cached_unit_ranges",
+    "CLUSTER_METHODS",
 ]
 
 
@@ -207,25 +208,41 @@ def ranges_from_counts(
     m = values.numel()
     if m == 0:
         return []
-    if method == "exact":
-        return _exact_ranges([(values, counts)], k)[0]
-    if method == "sklearn":
-        from sklearn.cluster import KMeans
+    return _cluster_method(method)([(values, counts)], k, n_init, seed)[0]
 
+
+def _sklearn_ranges(sets: list[tuple[torch.Tensor, torch.Tensor]], k: int, n_init: int | str = 10,
+                    seed: int = 0) -> list[list[tuple[float, float]]]:
+    """CCE's parity mode: ``KMeans(n_clusters=k, random_state=seed, n_init=n_init)`` on each set's raw values."""
+    from sklearn.cluster import KMeans
+
+    out = []
+    for values, counts in sets:
+        if values.numel() == 0:
+            out.append([])
+            continue
         raw = np.repeat(values.numpy(), counts.numpy())
-        n_clusters = min(int(k), m)
+        n_clusters = min(int(k), values.numel())
         km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=n_init).fit(raw[:, None])
-        out = []
+        ranges = []
         for lab in range(n_clusters):
             sel = raw[km.labels_ == lab]
             if sel.size:
-                out.append((float(sel.min()), float(sel.max())))
-        return sorted(out)
-    raise ValueError(f"method must be 'exact' or 'sklearn', got {method!r}")
+                ranges.append((float(sel.min()), float(sel.max())))
+        out.append(sorted(ranges))
+    return out
 
 
-def _exact_ranges(sets: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> list[list[tuple[float, float]]]:
-    """Exact ranges of several (values, counts) sets in one batched DP."""
+def _cluster_method(method: str):
+    if method not in CLUSTER_METHODS:
+        raise ValueError(f"method must be one of {list(CLUSTER_METHODS)}, got {method!r}")
+    return CLUSTER_METHODS[method]
+
+
+def _exact_ranges(sets: list[tuple[torch.Tensor, torch.Tensor]], k: int, n_init: int | str = 10,
+                  seed: int = 0) -> list[list[tuple[float, float]]]:
+    """Exact ranges of several (values, counts) sets in one batched DP (``n_init`` and ``seed`` are unused: the
+    optimum is unique)."""
     sizes = torch.tensor([len(v) for v, _ in sets], dtype=torch.int64)
     ptr = torch.zeros(len(sets) + 1, dtype=torch.int64)
     ptr[1:] = torch.cumsum(sizes, 0)
@@ -342,9 +359,7 @@ class Fp16Histogram:
         """Cluster ranges per unit (all units, or the given ones), see :func:`ranges_from_counts`."""
         units = list(range(self.num_units) if units is None else units)
         sets = [_drop_zeros(*self.values_and_counts(int(u)), drop_zeros) for u in units]
-        if method == "exact":  # one batched DP for all units
-            return _exact_ranges(sets, k)
-        return [ranges_from_counts(v, c, k, False, method, n_init, seed) for v, c in sets]
+        return _cluster_method(method)(sets, k, n_init, seed)  # exact: one batched DP for all units
 
 
 def unit_activation_ranges(
@@ -419,3 +434,7 @@ def cached_unit_ranges(
                                   drop_zeros, method, seed=seed) for j in mine]
     got = dict(distributed.gather_objects(list(zip(mine, part))))
     return [got[j] for j in range(len(units_np))]
+
+
+#: Registry of the clustering methods: name -> (sets of (values, counts), k, n_init, seed) -> ranges per set.
+CLUSTER_METHODS = {"exact": _exact_ranges, "sklearn": _sklearn_ranges}

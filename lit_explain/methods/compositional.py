@@ -50,9 +50,10 @@ import numpy as np
 import torch
 
 from lit_explain.activations.bitmaps import range_bitmap
-from lit_explain.activations.clusters import cached_unit_ranges
+from lit_explain.activations.clusters import CLUSTER_METHODS, cached_unit_ranges
 from lit_explain.activations.store import ActivationEntry
 from lit_explain.concepts.formulas import Formula, parse
+from lit_explain.concepts.optimal import DEFAULT_MAX_NODES, optimal_search
 from lit_explain.concepts.search import SearchContext, SearchSettings, beam_search, detacc_optimal_search
 from lit_explain.concepts.tally import UnitTally, formula_stats
 from lit_explain.job_cache import JobCache
@@ -66,8 +67,8 @@ __all__ = ["CompositionalExplanations", "NULL_BASELINES"]
 log = logging.getLogger(__name__)
 #: Seconds between progress messages of the (unit, range) searches.
 PROGRESS_SECONDS = 10.0
-#: Cluster methods of :func:`~lit_explain.activations.clusters.activation_ranges`.
-CLUSTER_METHODS = ("exact", "sklearn")
+#: Search modes of the (unit, range) jobs.
+SEARCH_MODES = ("beam", "optimal")
 #: Order of the column groups of a row (the CSV's column order follows it).
 _ROW_PARTS = ("search", "metrics", "concept_masking", "shuffled_labels", "detacc", "random_model")
 
@@ -85,6 +86,15 @@ class CompositionalExplanations(DissectionMethod):
         candidate_limit: restrict the concepts added by the search to the best ``k`` single concepts
             (compexp's BEAM_SEARCH_LIMIT); None = all.
         complexity_penalty: rank formulas by ``penalty^(length - 1) * IoU`` (1.0 = plain IoU).
+        search: ``beam`` (CoEx/CCE's beam search) or ``optimal``: the formula of maximum IoU among all formulas of
+            length <= ``length`` of the same grammar, by branch and bound seeded with the beam's answer (so never
+            worse), with a certificate in the row: ``optimality_gap`` (proved upper bound minus IoU; 0 = proven
+            optimal), ``upper_bound``, ``proven``, ``budget_hit``, ``search_nodes``, ``search_passes`` and the
+            seed's ``beam_iou``. Needs ``complexity_penalty`` 1 and no ``candidate_limit`` (it maximises plain IoU
+            over every concept). Null baselines keep the beam search (their columns do not change with this option).
+        optimal_max_nodes: node budget of ``search: optimal`` per (unit, range): exact passes over the dataset
+            before it stops with the best formula found and an honest gap (>= 1). Deterministic, unlike a time
+            budget, so 1 and 2 processes agree.
         cluster_method: ``exact`` (optimal 1-D k-means) or ``sklearn`` (``KMeans(random_state=seed)``, CCE parity).
         drop_zeros: drop exact zeros before clustering: ``auto`` (when the unit has no negative value, CCE),
             ``true`` or ``false``.
@@ -119,6 +129,8 @@ class CompositionalExplanations(DissectionMethod):
         scorer: str = "exact",
         candidate_limit: int | None = None,
         complexity_penalty: float = 1.0,
+        search: str = "beam",
+        optimal_max_nodes: int = DEFAULT_MAX_NODES,
         cluster_method: str = "exact",
         drop_zeros: bool | str = "auto",
         null_baselines: Sequence[str] = ("shuffled_labels",),
@@ -139,6 +151,13 @@ class CompositionalExplanations(DissectionMethod):
         self.search = SearchSettings(length=length, beam_size=beam_size, first_beam_size=first_beam_size,
                                      scorer=scorer, candidate_limit=candidate_limit,
                                      complexity_penalty=complexity_penalty)
+        if search not in SEARCH_MODES:
+            raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
+        if search == "optimal" and (complexity_penalty != 1.0 or candidate_limit is not None):
+            raise ValueError("search: optimal maximises plain IoU over every concept: set complexity_penalty: 1.0 and "
+                             f"candidate_limit: null (got {complexity_penalty} and {candidate_limit})")
+        if isinstance(optimal_max_nodes, bool) or int(optimal_max_nodes) < 1:
+            raise ValueError(f"optimal_max_nodes must be an integer >= 1, got {optimal_max_nodes!r}")
         if cluster_method not in CLUSTER_METHODS:
             raise ValueError(f"cluster_method must be one of {list(CLUSTER_METHODS)}, got {cluster_method!r}")
         if drop_zeros not in (True, False, "auto"):
@@ -177,6 +196,7 @@ class CompositionalExplanations(DissectionMethod):
             "vocabulary": hashlib.sha256(json.dumps(self.vocabulary.to_dict()).encode()).hexdigest()[:16],
             "unit": int(unit), "cluster": int(k), "range": [repr(float(lo)), repr(float(hi))],
             "num_clusters": hp.num_clusters, **self.search.to_dict(), "null_baselines": list(hp.null_baselines),
+            "search": hp.search, "optimal_max_nodes": hp.optimal_max_nodes if hp.search == "optimal" else None,
             "detacc_length": hp.detacc_length, "max_detacc_length": hp.max_detacc_length,
             "compute_metrics": hp.compute_metrics, "concept_masking": hp.concept_masking,
             "seed": hp.seed, "quantile": hp.quantile,
@@ -259,8 +279,14 @@ class CompositionalExplanations(DissectionMethod):
         bitmap = self.range_bitmap(entry, unit, lo, hi)
         tally = UnitTally.build(ctx, bitmap)
         res = beam_search(ctx, tally, self.search)
-        f = res.formula
         first = res.history[0][0] if res.history and res.history[0] else None
+        certificate: dict[str, Any] = {}
+        if hp.search == "optimal":  # branch and bound from the beam's answer: never worse, with a proved gap
+            opt = optimal_search(ctx, tally, length=self.search.length, beam_size=0, seed=res.formula,
+                                 max_nodes=hp.optimal_max_nodes)
+            certificate = {**opt.columns(), "visited": int(res.visited) + int(opt.visited)}
+            res = opt
+        f = res.formula
         parts: dict[str, dict[str, Any]] = {"search": {
             "unit": unit,
             "cluster": k,
@@ -277,6 +303,7 @@ class CompositionalExplanations(DissectionMethod):
             "best_concept_iou": float(first[1]) if first is not None else 0.0,
             "visited": int(res.visited),
             "scorer": self.search.scorer,
+            **certificate,
         }}
         if hp.compute_metrics:
             parts["metrics"] = self._metrics(ctx, tally, f)
