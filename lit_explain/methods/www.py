@@ -263,6 +263,15 @@ class WWW(LayerMethod):
                              f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}")
         return out.float(), {k: v.float() for k, v in grids.items()}
 
+    def features(self):
+        """The base's capture function, through this method's probe: the forward that fills the activation store
+        also gives the logits and the heatmap layer, kept for :meth:`predict_step` (one forward per batch)."""
+        def capture(images: torch.Tensor) -> torch.Tensor:
+            logits, grids = self._forward(images)
+            self._last = (images, logits, grids)
+            return grids[self.hparams.layer]
+        return capture
+
     def _head(self) -> torch.nn.Linear | None:
         try:
             m = self.network().get_submodule(self.hparams.head)
@@ -380,6 +389,7 @@ class WWW(LayerMethod):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """The base stores the layer; here the per-class sums of the Shapley prior (ground-truth classes)."""
+        self._last = None
         super().predict_step(batch, batch_idx)
         hp = self.hparams
         if hp.label_key not in batch:
@@ -389,9 +399,15 @@ class WWW(LayerMethod):
         self._done[idx] = True
         if not bool(fresh.any()):
             return None
+        last, self._last = self._last, None
+        if last is not None and last[0] is batch["image"]:  # the store's capture ran this forward already
+            _, logits, grids = last
+        else:
+            logits, grids = self._forward(batch["image"])
+        keep = fresh.to(logits.device)
         images = batch["image"][fresh.to(batch["image"].device)]
+        logits, grids = logits[keep], {k: v[keep] for k, v in grids.items()}
         labels = torch.as_tensor(batch[hp.label_key]).long().cpu()[fresh]
-        logits, grids = self._forward(images)
         for name in self._layers:
             if self.modes[name] == "linear":  # class sums of pooled activations; W applied once at the end
                 phi = grids[name].mean(dim=(2, 3))
