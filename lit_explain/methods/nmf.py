@@ -571,6 +571,8 @@ class NMFConcepts(LayerMethod):
         image_shape = tuple(self._pool_dataset[0]["image"].shape)
         head = LayerHead(net, layer, image_shape)
         preds = self.predictions(head)
+        log.info("NMFConcepts: %d pool images, activations %s, predictions done", self.num_images,
+                 tuple(self.entry.shape))
         with torch.no_grad():
             K = int(head(self._acts([0])).shape[1])
         names = self._class_names(dm, K)
@@ -613,6 +615,7 @@ class NMFConcepts(LayerMethod):
         chunks = [todo[s:e] for s, e in self._chunks(len(todo), hp.classes_per_pass)]
         mine = {}
         for chunk in self.shard(chunks):
+            log.info("NMFConcepts: relevance and NMF of classes %s", chunk)
             done = self.factorise(chunk, selected)
             for c, r in done.items():
                 cache.store(f"class{c:05d}", self._spec(c, selected[c]), r)
@@ -636,12 +639,15 @@ class NMFConcepts(LayerMethod):
         cls_t = torch.tensor(fitted, dtype=torch.long)
         if fitted:
             bases = self.components[cls_t].float().to(self.device)
+            log.info("NMFConcepts: prototypes and the prediction-from-components test of %d classes", len(fitted))
             tc_all, tc_excl, grid = self.prototype_cells(bases, cls_t, preds)
             valid = torch.ones(len(fitted), dtype=torch.bool)
             pred = {"all": self.prediction_test(head, tc_all, cls_t, valid),
                     "excl": self.prediction_test(head, tc_excl, cls_t, valid)}
             proto = (tc_all, tc_excl, grid)
 
+        if pairs:
+            log.info("NMFConcepts: hyperplanes, shifting and insertion tests of %d pairs", len(pairs))
         contrast_rows = self.contrasts(pairs, selected, jobs, names)
         self.result = self._result(classes, names, selected, jobs, skipped, fitted, proto, pred, contrast_rows, dm,
                                    preds)
