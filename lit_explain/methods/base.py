@@ -281,7 +281,10 @@ class LayerMethod(LightningModule):
         return parts, key, self.store.get(key)
 
     def setup(self, stage: str) -> None:
+        """Load the network here, on every process, before Lightning moves the module to its device and outside the
+        predict loop's inference mode (methods that take gradients through it need that)."""
         self._predict_started = False
+        self.network()
 
     def teardown(self, stage: str) -> None:
         """Lightning skips the whole predict loop when the loader has no batch; say so instead of exiting quietly
