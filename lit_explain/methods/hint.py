@@ -43,8 +43,9 @@ from lit_explain.attribution.shapley import (linear_shap_scores, masked_abs_devi
                                              tree_shap_scores)
 from lit_explain.methods.base import LayerMethod
 from lit_explain.methods.hint_concepts import HIERARCHY_SUFFIXES, ConceptPlan, load_hierarchy, plan_concepts
-from lit_explain.methods.hint_ops import (RegionPixels, class_activation_maps, concept_targets, minmax_normalize,
-                                          neuron_rows, responsible_mask, sample_region_pixels, upsample_maps)
+from lit_explain.methods.hint_ops import (RegionPixels, channel_norm, class_activation_maps, concept_targets,
+                                          minmax_normalize, neuron_rows, responsible_mask, sample_region_pixels,
+                                          upsample_maps)
 from lit_explain.models.concept_classifiers import LOSSES, ConceptClassifiers, per_concept_accuracy
 from lit_explain.results import MethodResult, Picture
 
@@ -247,13 +248,20 @@ class HINT(LayerMethod):
             raise ValueError(f"HINT: the {stage} dataset of {type(dm).__name__} has no images")
         if stage == "fit":
             self._check_images(plan, dataset, dm)
-        sample = dataset[0]
-        x = sample["image"][None].to(self.device)
-        y = torch.as_tensor([int(sample["label"])], device=self.device)
-        # a dry run on one image: a layer without gradient path, a model without nn.ReLU or a bad label fails here,
-        # before any training step, checkpoint or table
-        channels = layer_saliency(self.network().to(self.device), self._layer(self.layer_name), x, y,
-                                  guided=self.hparams.saliency == "guided", layer_name=self.layer_name).activations.shape[1]
+        samples = [dataset[i] for i in range(min(4, len(dataset)))]
+        x = torch.stack([s["image"] for s in samples]).to(self.device)
+        y = torch.as_tensor([int(s["label"]) for s in samples], device=self.device)
+        # a dry run on a few images: a layer without gradient path, a model without nn.ReLU or a bad label fails
+        # here, before any training step, checkpoint or table
+        sal = layer_saliency(self.network().to(self.device), self._layer(self.layer_name), x, y,
+                             guided=self.hparams.saliency == "guided", layer_name=self.layer_name)
+        g = channel_norm(sal.saliency).flatten(1)
+        if g.shape[1] > 1 and bool(((g.amax(1) - g.amin(1)) <= 1e-6 * g.amax(1).clamp(min=1e-30)).all()):
+            raise ValueError(f"HINT: the saliency at layer {self.layer_name!r} is the same at every cell of the grid "
+                             "(a layer that feeds global average pooling + a linear head directly gets a constant "
+                             "gradient), so no cell stands out as a responsible region; probe an earlier layer (e.g. "
+                             "layer3 instead of layer4 of a ResNet: HINT uses layer3.5 of ResNet-50)")
+        channels = sal.activations.shape[1]
         self.plan = plan
         clf = self.classifiers
         if clf is None or clf.concepts != plan.concepts or clf.weight.shape[1] != channels:

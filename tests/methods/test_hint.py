@@ -166,6 +166,15 @@ def test_layer_without_gradient(world, tmp_path):
     _assert_nothing_written(tmp_path)
 
 
+def test_layer_right_before_global_pooling(world, tmp_path):
+    """features -> average pooling -> linear: the gradient is the same at every cell, so there is no region."""
+    m = _method(world, tmp_path, model="python:lit_explain.synth.planted:planted_model", saliency="vanilla",
+                model_kwargs={"world_root": str(world), "units": list(HINT_UNITS), "num_classes": 4, "stride": 2})
+    with pytest.raises(ValueError, match="saliency at layer 'features' is the same at every cell"):
+        _trainer(max_epochs=1).fit(m, _dm(world))
+    _assert_nothing_written(tmp_path)
+
+
 def test_arguments_are_validated():
     for kw, msg in ((dict(region_threshold=1.0), r"region_threshold must be in \[0, 1\)"),
                     (dict(background_per_positive=-1), "background_per_positive must be >= 0"),
