@@ -307,7 +307,13 @@ class LayerMethod(LightningModule):
         nets = [("", self.network(), hp.model, self.features())]
         if self.needs_random_copy():
             feats = self._random_features()
-            nets.append(("random_", self.random_net, f"{hp.model} (random init, seed {hp.seed})", feats))
+            if self._same_layer_output(self.features(), feats, dataset):
+                log.warning("random-model null baseline skipped: layer %r has no parameters upstream, so the randomly "
+                            "initialised copy gives the very same activations (the baseline would equal the model)",
+                            self.layer_name)
+                self.random_net = None
+            else:
+                nets.append(("random_", self.random_net, f"{hp.model} (random init, seed {hp.seed})", feats))
         for prefix, net, name, feats in nets:
             parts, key, entry = self._cache_lookup(net, name, dataset)
             setattr(self, f"{prefix}entry", entry)
@@ -331,6 +337,12 @@ class LayerMethod(LightningModule):
             self._barrier(f"store_create_{prefix}")
             if not self.trainer.is_global_zero:
                 self._writers[prefix] = self.store.writer(key, shape, hp.activation_dtype, create=False, meta=parts)
+
+    def _same_layer_output(self, a: Features, b: Features, dataset: Any) -> bool:
+        """Whether two networks give bit-identical activations at the layer on the dataset's first image."""
+        x = dataset[0]["image"][None].to(self.device)
+        with torch.no_grad():
+            return bool(torch.equal(a(x), b(x)))
 
     def _release(self, prefix: str) -> None:
         lock = self._locks.pop(prefix, None)

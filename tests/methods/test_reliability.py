@@ -131,3 +131,20 @@ def test_two_concurrent_runs_on_one_cache_both_finish_with_the_single_run_table(
     assert (tmp_path / "run0" / "explanations.csv").read_bytes() == ref
     assert (tmp_path / "run1" / "explanations.csv").read_bytes() == ref
     assert len(_committed(tmp_path)) == 1
+
+
+def test_random_model_baseline_of_a_parameter_free_layer_is_skipped_with_a_reason(broden, tmp_path, caplog):
+    from lit_explain.methods.compositional import CompositionalExplanations
+
+    dm = BrodenDataModule(root=str(broden), batch_size=4, cache_dir=str(tmp_path / "cache"))
+    method = CompositionalExplanations(model="python:tests.methods.tiny_models:pooled_input_cnn", layer="0",
+                                       output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
+                                       num_clusters=1, length=1, quantile=0.2, num_pictures=0,
+                                       null_baselines=["shuffled_labels", "random_model"])
+    with caplog.at_level("WARNING", logger="lit_explain"):
+        Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                callbacks=default_callbacks(method)).predict(method, datamodule=dm, return_predictions=False)
+    assert any("no parameters upstream" in r.getMessage() for r in caplog.records)
+    rows = read_csv(tmp_path / "out" / "explanations.csv")
+    assert rows and all("null_random_iou" not in r and r["null_shuffled_iou"] != "" for r in rows)
+    assert len(_committed(tmp_path)) == 1  # no second capture of an identical copy

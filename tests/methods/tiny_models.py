@@ -46,3 +46,10 @@ class _Affine(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift
+
+
+def pooled_input_cnn(channels: int = 6, seed: int = 0) -> nn.Module:
+    """:func:`tiny_cnn` behind a parameter-free ``stem`` (3x3 average pooling, stride 1): the activations of
+    ``stem`` are the same for any weights, so a random-initialisation baseline there is meaningless."""
+    model = tiny_cnn(channels, seed)
+    return nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1), *model)  # stem = "0"
