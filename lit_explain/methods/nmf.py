@@ -56,7 +56,8 @@ from torch import nn
 from lit_explain import distributed
 from lit_explain.attribution.relevance import (NOISE_MODES, deeplift_compatible, deeplift_smoothgrad,
                                                gradient_x_activation, spatial_relevance)
-from lit_explain.decomposition.hyperplanes import pad_classes, pairwise_hyperplanes, shifted_probabilities
+from lit_explain.decomposition.hyperplanes import (contrastive_mask, pad_classes, pairwise_hyperplanes,
+                                                  shifted_probabilities)
 from lit_explain.decomposition.nmf import INITS, SOLVERS, batched_nmf, class_rows
 from lit_explain.decomposition.prototypes import TopCells, merge_top_cells, pool_grid, top_cells
 from lit_explain.job_cache import JobCache
@@ -105,8 +106,9 @@ class NMFConcepts(LayerMethod):
     grid does not divide the image (``grid_pool`` [2]; see :func:`~lit_explain.methods.nmf_ops.cell_window`); the
     components' cells are stacked vertically (``strip_axis`` [vertical]); the swap metric read p(A) one offset
     early (``swap_read`` [same_offset], ``previous_offset`` reproduces it); images are chosen by prediction and
-    capped after a shuffle (``images_per_class`` [60], seeded). Contrasted pairs are configured (``pairs``) rather
-    than drawn at random (the original drew B from 1..999, never class 0), and a pair (A, A) is never trained (its
+    capped after a shuffle (``images_per_class`` [60], seeded); the contrastive mask's bias sign
+    (``contrastive_bias_sign`` [consistent], ``paper`` keeps the original's unnegated bias). Contrasted pairs are
+    configured (``pairs``) rather than drawn at random (the original drew B from 1..999, never class 0), and a pair (A, A) is never trained (its
     hyperplane is zero). The prediction test feeds the strip of pooled cell *activations* to the rest of the
     network (the original fed the strip of image crops to the whole network).
 
@@ -161,6 +163,11 @@ class NMFConcepts(LayerMethod):
             ``previous_offset`` (the paper's off-by-one).
         insertion_patch: [height, width] in pixels of the inserted patch (clipped to the image), or null to skip
             the insertion test.
+        contrastive: for each pair, also factorise "why A rather than B": NMF of m ⊙ A over A's images, with the
+            per-pixel weight m = ReLU(signed distance to B's side of the A-B hyperplane) (table
+            ``contrastive_components``).
+        contrastive_bias_sign: ``consistent`` (m = ReLU(−w·a − b)) or ``paper`` (the original negated w but not
+            b: ReLU(−w·a + b)).
         resume: reuse the per-class results stored in the job cache by an earlier (interrupted) run.
     """
 
@@ -202,6 +209,8 @@ class NMFConcepts(LayerMethod):
         shift_offsets: list[float] = list(_PAPER_OFFSETS),  # noqa: B006 - shown as the CLI default
         swap_read: Literal["same_offset", "previous_offset"] = "same_offset",
         insertion_patch: list[int] | None = None,
+        contrastive: bool = True,
+        contrastive_bias_sign: Literal["consistent", "paper"] = "consistent",
         resume: bool = True,
         units: list[int] | None = None,
         random_units: int = 0,
@@ -236,7 +245,8 @@ class NMFConcepts(LayerMethod):
                                      ("negative", negative, ("error", "shift")),
                                      ("strip_axis", strip_axis, STRIP_AXES),
                                      ("hyperplane_init", hyperplane_init, ("zeros", "linear")),
-                                     ("swap_read", swap_read, SWAP_READS)):
+                                     ("swap_read", swap_read, SWAP_READS),
+                                     ("contrastive_bias_sign", contrastive_bias_sign, ("consistent", "paper"))):
             if value not in allowed:
                 raise ValueError(f"NMFConcepts: {name} must be one of {allowed}, got {value!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
@@ -267,6 +277,7 @@ class NMFConcepts(LayerMethod):
         self.ddp_anchor = nn.Parameter(torch.zeros(0))
         #: (num classes, k, C) components after fit (zeros for skipped classes)
         self.components: torch.Tensor | None = None
+        self.contrastive_rows: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ Lightning plumbing of a fit without steps
     def setup(self, stage: str) -> None:
@@ -508,7 +519,7 @@ class NMFConcepts(LayerMethod):
         net, layer = self.network(), self.network().get_submodule(self.layer_name)
         offsets = torch.tensor([float(o) for o in hp.shift_offsets], dtype=torch.float64)
         nonzero = (offsets != 0).nonzero().flatten()
-        rows = []
+        rows, contrast_maps = [], []
         for a, b in pairs:
             ia, ib = members.index(a), members.index(b)
             row = {"class_a": a, "name_a": names[a], "class_b": b, "name_b": names[b],
@@ -530,8 +541,37 @@ class NMFConcepts(LayerMethod):
             row["swap"] = bool(row["p_b_max"] >= row["p_a_at_best"] and row["p_b_max"] > 0.5)
             if hp.insertion_patch is not None:
                 row.update(self.insertion(images_a, a, b, w, bias, selected))
+            if hp.contrastive:
+                acts_a = self._acts(selected[a])
+                contrast_maps.append((len(rows), contrastive_mask(acts_a, w.to(acts_a), bias,
+                                                                  bias_sign=hp.contrastive_bias_sign) * acts_a))
             rows.append(row)
+        self.contrastive_rows = self.contrastive_components(rows, contrast_maps)
         return rows
+
+    def contrastive_components(self, rows: list[dict[str, Any]],
+                               maps: list[tuple[int, torch.Tensor]]) -> list[dict[str, Any]]:
+        """One batched NMF of every pair's hyperplane-weighted activations (n_a, C, h, w); one row per component."""
+        hp = self.hparams
+        if not maps:
+            return []
+        X, n_rows = class_rows([m for _, m in maps])
+        res = batched_nmf(X, hp.components, n_rows=n_rows, solver=hp.solver, init=hp.init, max_iter=hp.max_iter,
+                          tol=float(hp.tol), seed=hp.seed, negative="error", sweeps=hp.sweeps)
+        shares = component_shares(res.W, res.H)
+        out = []
+        for b, (r, _) in enumerate(maps):
+            pair = {k: rows[r][k] for k in ("class_a", "name_a", "class_b", "name_b")}
+            if b in res.skipped:
+                out.append({**pair, "component": -1, "status": f"skipped: {res.skipped[b]}"})
+                continue
+            for t in range(hp.components):
+                units, loads = top_loadings(res.H[b, t].double().cpu(), hp.top_units)
+                out.append({**pair, "component": t, "share": float(shares[b, t]),
+                            "top_units": " ".join(str(u) for u in units),
+                            "loadings": " ".join(f"{v:.4f}" for v in loads), "norm": float(res.H[b, t].norm()),
+                            "error": float(res.error[b]), "status": "ok"})
+        return out
 
     def insertion(self, images_a: torch.Tensor, a: int, b: int, w: torch.Tensor, bias: torch.Tensor,
                   selected: dict[int, torch.Tensor]) -> dict[str, Any]:
@@ -732,6 +772,8 @@ class NMFConcepts(LayerMethod):
         tables = {"components": comp_rows, "classes": class_rows_}
         if contrast_rows:
             tables["contrasts"] = contrast_rows
+        if getattr(self, "contrastive_rows", None):
+            tables["contrastive_components"] = self.contrastive_rows
         return MethodResult(tables=tables, meta=meta, pictures=pictures, summary=summary, scalars=scalars,
                             data={"components": self.components, "classes": fitted, "selected": selected,
                                   "predictions": preds, "prediction_test": summary_vals})

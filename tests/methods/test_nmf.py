@@ -106,6 +106,11 @@ def test_tables_pictures_and_tests(fitted):
     assert float(contrast["p_b_max"]) > float(contrast["p_b_unshifted"]) and contrast["swap"] == "True"
     # inserting a green/yellow patch into red_blue images raises p(green_yellow) more than the blank control
     assert float(contrast["p_b_inserted"]) > float(contrast["p_b_control"])
+    # "why red_blue rather than green_yellow": the main contrastive components load on red or blue
+    rows = read_csv(out / "contrastive_components.csv")
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    main = sorted(rows, key=lambda r: -float(r["share"]))[:2]
+    assert {NMF_UNITS[int(r["top_units"].split()[0])] for r in main} <= {"red", "blue"}
 
 
 def test_interrupted_fit_resumes_per_class(world, tmp_path, monkeypatch, fitted):
