@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from lit_explain.concepts.index import ConceptIndex
-from lit_explain.metrics.functional.iou import iou_from_counts
+from lit_explain.ratios import iou_from_counts
 
 __all__ = [
     "HEURISTICS",

@@ -49,8 +49,7 @@ from lit_explain.concepts.heuristics import HEURISTICS, LeafGeometry, SideInfo, 
 from lit_explain.concepts.heuristics import inscribed_rectangles
 from lit_explain.concepts.index import ConceptIndex
 from lit_explain.concepts.tally import SearchContext, UnitTally, extension_counts, formula_stats
-from lit_explain.metrics.functional.iou import iou_from_counts
-from lit_explain.metrics.functional.sample_counts import detection_accuracy_from_counts
+from lit_explain.ratios import iou_from_counts
 
 __all__ = ["SCORERS", "SearchSettings", "BeamEntry", "SearchResult", "beam_search", "detacc_optimal_search",
            "SearchContext"]
@@ -461,6 +460,7 @@ def beam_search(
 def detacc_optimal_search(
     index: ConceptIndex | SearchContext,
     bitmap: "torch.Tensor | UnitTally",
+    detection_accuracy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     settings: SearchSettings | None = None,
     max_length: int = 10,
     concepts_allowed: torch.Tensor | None = None,
@@ -475,6 +475,9 @@ def detacc_optimal_search(
     top of that beam, the same as the beam-1 last step of :func:`beam_search`).
 
     Args:
+        detection_accuracy: the score, ``(overlap (N,), label (N,)) -> DetAcc`` from a formula's per-image
+            ``|F_i ∧ A_i|`` and ``|F_i|`` (:func:`lit_explain.metrics.functional.sample_counts.
+            detection_accuracy_from_counts`; passed in, so the search does not depend on the metrics).
         settings, concepts_allowed, **overrides: as :func:`beam_search`; ``min_length`` (default
             ``settings.length``) is the length searched first, ``max_length`` the longest tried.
 
@@ -491,7 +494,7 @@ def detacc_optimal_search(
         if f is None:
             return 0.0
         st = formula_stats(s.ctx, f, s.tally, with_concepts=False)
-        return float(detection_accuracy_from_counts(st.image_inter, st.image_area))
+        return float(detection_accuracy(st.image_inter, st.image_area))
 
     for _ in range(1, min_length):
         s.step(s.beam_size)

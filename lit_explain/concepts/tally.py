@@ -31,7 +31,7 @@ import torch
 
 from lit_explain.concepts.formulas import And, Formula, Leaf, Not, Or
 from lit_explain.concepts.index import ConceptIndex
-from lit_explain.metrics.functional.iou import iou_from_counts  # re-exported: the searches score with it
+from lit_explain.ratios import iou_from_counts  # re-exported: the searches score with it
 
 __all__ = [
     "SearchContext",

@@ -59,7 +59,7 @@ from lit_explain.concepts.tally import UnitTally, formula_stats
 from lit_explain.job_cache import JobCache
 from lit_explain.methods.dissection import DissectionMethod
 from lit_explain.methods.null_baselines import NULL_BASELINES, NullJob
-from lit_explain.metrics.functional.sample_counts import explanation_metrics_from_counts
+from lit_explain.metrics.functional.sample_counts import detection_accuracy_from_counts, explanation_metrics_from_counts
 from lit_explain.metrics.model_based import concept_masking_score, range_importance_scores
 
 __all__ = ["CompositionalExplanations", "NULL_BASELINES"]
@@ -316,7 +316,8 @@ class CompositionalExplanations(DissectionMethod):
             if not NULL_BASELINES[name].needs_random_copy or self.random_entry is not None:
                 parts[name] = NULL_BASELINES[name].compute(job)
         if hp.detacc_length:
-            dres, det = detacc_optimal_search(ctx, tally, self.search, max_length=hp.max_detacc_length)
+            dres, det = detacc_optimal_search(ctx, tally, detection_accuracy_from_counts, self.search,
+                                              max_length=hp.max_detacc_length)
             parts["detacc"] = {
                 "detacc_label": dres.to_str(vocab),
                 "detacc_length": dres.formula.length if dres.formula is not None else 0,

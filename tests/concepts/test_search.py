@@ -11,6 +11,7 @@ from lit_explain.concepts.formulas import OPS, And, Leaf, Not, Or, extend
 from lit_explain.concepts.heuristics import SideInfo, estimate
 from lit_explain.concepts.search import SCORERS, SearchContext, SearchSettings, beam_search, detacc_optimal_search
 from lit_explain.concepts.tally import UnitTally, extension_counts, formula_stats, iou_from_counts
+from lit_explain.metrics.functional.sample_counts import detection_accuracy_from_counts
 from tests.concepts.random_instances import make_instance, noisy_bitmap
 
 
@@ -316,7 +317,7 @@ def test_detacc_optimal_search_extends_while_detection_accuracy_grows():
     ctx = SearchContext(inst.index)
     d = inst.dense
     a = noisy_bitmap(inst, 1, d[:, 1] | d[:, 2] | d[:, 3] | d[:, 4], 0.0)
-    res, det = detacc_optimal_search(ctx, a, min_length=2, max_length=5)
+    res, det = detacc_optimal_search(ctx, a, detection_accuracy_from_counts, min_length=2, max_length=5)
     # brute-force DetAcc of the chosen formula
     fm = dense_eval(res.formula, d)
     present = fm.any(1)

@@ -22,7 +22,7 @@ from lit_explain.metrics.functional.concept_masking import (
     concept_masking_score,
     cosine_concept_masking_score,
 )
-from lit_explain.metrics.functional.iou import iou_from_counts
+from lit_explain.ratios import iou_from_counts
 from lit_explain.metrics.functional.range_importance import mask_activation_ranges, prediction_changes
 from lit_explain.metrics.functional.sample_counts import (
     activation_coverage,

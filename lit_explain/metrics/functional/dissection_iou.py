@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_explain.metrics.functional.iou import iou_from_counts
+from lit_explain.ratios import iou_from_counts
 
 __all__ = ["dissection_iou"]
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from lit_explain.activations.bitmaps import unit_bitmaps
-from lit_explain.metrics.functional.iou import iou_from_counts
+from lit_explain.ratios import iou_from_counts
 
 __all__ = [
     "activation_regions",

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_explain.metrics.functional._ratio import ratio
-from lit_explain.metrics.functional.iou import iou_from_counts
+from lit_explain.ratios import iou_from_counts, ratio
 
 __all__ = [
     "COUNT_FIELDS",
