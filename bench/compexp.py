@@ -9,7 +9,7 @@ sparsity.
 
 For the same (unit, range) bitmaps it times ``beam_search(length=3, beam_size=5)`` with
 
-* ``exact``: the exact all-candidate scoring of dissection.md §3.7 (the default),
+* ``exact``: the exact all-candidate scoring of :func:`lit_explain.concepts.tally.formula_stats` (the default),
 * ``mmesh``: CCE's MMESH heuristic pruning dense evaluations (its leaf geometry cache timed separately),
 * ``none``: exhaustive dense evaluation of every candidate (CCE heuristic "none"),
 

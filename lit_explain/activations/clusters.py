@@ -1,4 +1,4 @@
-"""CCE activation ranges: exact 1-D k-means of each unit's raw activations (dissection.md §2.5).
+"""CCE activation ranges: exact 1-D k-means of each unit's raw activations.
 
 Clustered Compositional Explanations split the scalar activations of a unit, pooled over every image and
 position at the layer's own resolution (not upsampled), into K clusters (K = 5 by default) and explain every

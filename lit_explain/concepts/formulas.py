@@ -1,8 +1,8 @@
 """Logical formulas over concepts: the explanations of Compositional (CoEx) and Clustered Compositional (CCE) search.
 
 A formula is a tree of :class:`Leaf` (a dense concept id), :class:`Not`, :class:`And` and :class:`Or`. The beam
-search grows formulas left-deep, the new term always on the right: ``f OR c``, ``f AND c``, ``f AND NOT c``
-(dissection.md §3.2-3.4). Length follows CCE: a leaf counts 1, ``NOT`` adds nothing, a binary node is the sum of
+search grows formulas left-deep, the new term always on the right: ``f OR c``, ``f AND c``, ``f AND NOT c``.
+Length follows CCE: a leaf counts 1, ``NOT`` adds nothing, a binary node is the sum of
 its children, so the length is the number of leaves.
 
 Canonical form (:meth:`Formula.canonical`): NOT pushed down to the leaves (De Morgan, double negation), chains of

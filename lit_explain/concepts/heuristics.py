@@ -1,4 +1,4 @@
-"""CCE search heuristics (MMESH, CFH, areas) and the per-sample geometry they need (dissection.md §3.5).
+"""CCE search heuristics (MMESH, CFH, areas) and the per-sample geometry they need.
 
 A heuristic estimates the IoU of a candidate ``F = L op R`` (L a leaf or beam formula, R a leaf c, or ``NOT c``
 for AND NOT) from per-sample summaries, so that the beam search evaluates exactly (dense masks) only the

@@ -14,7 +14,7 @@ nothing else of size E is kept: the slot of an entry among its pixel's entries, 
 dense label planes, is derived per query.
 
 From it, the intersection of any dataset bitmap with *every* concept is one sparse product, which is what
-NetDissect's tally and the exact compositional search (dissection.md §3.7) need.
+NetDissect's tally and the exact compositional search need.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Beam search for compositional explanations (NetDissect, CoEx and CCE), exact and fast.
 
 Given a unit's dataset bitmap A (one (unit, range): bool (N, H) on the concept-mask grid) and a concept index,
-find the formula F over concepts that maximises the dataset-level IoU ``|A ∧ F| / |A ∨ F|``
-(dissection.md §3.2-3.4):
+find the formula F over concepts that maximises the dataset-level IoU ``|A ∧ F| / |A ∨ F|``:
 
 1. Score every concept (the NetDissect pass). Length 1 returns the best one.
 2. First beam: the ``first_beam_size`` best concepts with IoU > 0 (CCE: 2 × beam, compexp: beam).
@@ -17,7 +16,7 @@ find the formula F over concepts that maximises the dataset-level IoU ``|A ∧ F
 Scorers (``scorer=``):
 
 * ``exact`` (default): the exact IoU of *every* candidate extension of a beam formula in one vectorised pass
-  (dissection.md §3.7, :func:`~lit_explain.concepts.tally.formula_stats`): two bincounts over the sparse
+  (:func:`~lit_explain.concepts.tally.formula_stats`): two bincounts over the sparse
   entries of the images where f is partial, no dense masks of the dataset.
 * ``none``: exhaustive dense evaluation of every candidate (CCE's heuristic "none", the slow reference).
 * ``mmesh`` / ``cfh`` / ``areas``: CCE's heuristics (:mod:`lit_explain.concepts.heuristics`): candidates are sorted
@@ -28,7 +27,7 @@ Scorers (``scorer=``):
 counted): all unique candidates for ``none``, the evaluated prefix for the heuristics, and every scored
 (beam formula, op, concept) triple for ``exact``.
 
-Upstream bugs not replicated (dissection.md §7): a candidate never reuses a concept already in f, for every
+Upstream bugs not replicated: a candidate never reuses a concept already in f, for every
 operator (CCE's filter misses ``AND NOT``, generating ``a AND NOT a``). Reusing a concept never helps a
 left-deep formula: by Shannon expansion ``f op c`` with c in f equals ``f|c=const op c``, which is a constant or a
 shorter left-deep formula. ``beam_size``/``first_beam_size``/``candidate_limit`` are honoured.
@@ -467,7 +466,7 @@ def detacc_optimal_search(
     min_length: int | None = None,
     **overrides,
 ) -> tuple[SearchResult, float]:
-    """Detection-accuracy-optimal formula length (detacc-compexp, dissection.md §4.2).
+    """Detection-accuracy-optimal formula length (detacc-compexp, Makinwa et al.).
 
     Runs the beam search to ``min_length``, then keeps extending while the best formula's DetAcc
     (``#{images: F ∧ A ≠ ∅} / #{images: F ≠ ∅}``) increases, or stays equal for a formula without NOT, up to

@@ -1,8 +1,7 @@
 """Exact counting engine of the compositional search: per-unit tallies and per-formula concept intersections.
 
 Everything the search and the CCE metrics need is a pixel count over the dataset, and all of it follows from
-the sparse :class:`~lit_explain.concepts.index.ConceptIndex` without ever materialising a dense mask per concept
-(dissection.md §3.7, §7 "Memory"):
+the sparse :class:`~lit_explain.concepts.index.ConceptIndex` without ever materialising a dense mask per concept:
 
 * :class:`SearchContext` holds what depends on the index only: per-(image, concept) areas, which images a
   concept covers fully, the concept co-occurrence matrix ``|a ∧ c|``, and (lazily, for the dense reference
@@ -357,7 +356,7 @@ class FormulaStats:
 def formula_stats(
     ctx: SearchContext, f: Formula, tally: UnitTally | None = None, with_concepts: bool = True
 ) -> FormulaStats:
-    """Exact per-image and per-concept counts of a formula (module docstring; dissection.md §3.7).
+    """Exact per-image and per-concept counts of a formula (see the module docstring).
 
     Args:
         ctx: index context.

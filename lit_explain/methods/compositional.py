@@ -1,6 +1,6 @@
 """Compositional (CoEx) and Clustered Compositional Explanations (CCE) as a DDP predict loop.
 
-For each selected unit u of the layer (dissection.md §2.5, §3):
+For each selected unit u of the layer :
 
 1. **Activation ranges.** ``num_clusters = 1``: NetDissect's single range ``(T_u, +inf)`` with the exact
    upper-tail quantile threshold (CoEx, and NetDissect with ``length = 1``). ``num_clusters = K > 1`` (CCE):

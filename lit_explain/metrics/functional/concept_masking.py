@@ -1,6 +1,6 @@
 """Concept masking (CCE ``label_masking``): does the unit keep firing in its range when only the concept is kept?
 
-Steps (dissection.md §4.1, ``get_concept_masking``), for an explanation L of unit u in range (lo, hi):
+Steps (CCE's ``get_concept_masking``), for an explanation L of unit u in range (lo, hi):
 
 1. S = samples where L occurs.
 2. Input weights at the mask grid: 1 on L, an independent U(0, 1) value elsewhere; bilinear resize to the input
