@@ -127,12 +127,12 @@ def test_interrupted_fit_resumes_per_class(world, tmp_path, monkeypatch, fitted)
 
     monkeypatch.setattr(nmf_module, "batched_nmf", failing)
     with pytest.raises(RuntimeError, match="interrupted"):
-        _fit(_method(world, tmp_path, classes_per_pass=1), world)
+        _fit(_method(world, tmp_path, classes_per_pass=1, pairs=[]), world)
     monkeypatch.setattr(nmf_module, "batched_nmf", real)
     calls.clear()
     counted = []
     monkeypatch.setattr(nmf_module, "batched_nmf", lambda *a, **k: (counted.append(1), real(*a, **k))[1])
-    m = _fit(_method(world, tmp_path, classes_per_pass=1), world)
+    m = _fit(_method(world, tmp_path, classes_per_pass=1, pairs=[]), world)
     assert m.resumed_classes == 2 and len(counted) == 2  # the two finished classes were read back, not refitted
     ref, _ = fitted  # one uninterrupted fit, all classes in one batch (float32: equal up to rounding)
     torch.testing.assert_close(m.components, ref.components, rtol=1e-4, atol=1e-6)
