@@ -48,9 +48,9 @@ def _method(world, tmp, **kw):
     return NMFConcepts(**args)
 
 
-def _fit(method, world, **kw):
+def _fit(method, world, write=True, **kw):
     args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, max_epochs=1, callbacks=default_callbacks(method))
+                enable_model_summary=False, max_epochs=1, callbacks=default_callbacks(method) if write else [])
     args.update(kw)
     Trainer(**args).fit(method, datamodule=WorldDM(str(world), cache_dir=str(method.cache_dir)))
     return method
@@ -127,12 +127,12 @@ def test_interrupted_fit_resumes_per_class(world, tmp_path, monkeypatch, fitted)
 
     monkeypatch.setattr(nmf_module, "batched_nmf", failing)
     with pytest.raises(RuntimeError, match="interrupted"):
-        _fit(_method(world, tmp_path, classes_per_pass=1, pairs=[]), world)
+        _fit(_method(world, tmp_path, classes_per_pass=1, pairs=[]), world, write=False)
     monkeypatch.setattr(nmf_module, "batched_nmf", real)
     calls.clear()
     counted = []
     monkeypatch.setattr(nmf_module, "batched_nmf", lambda *a, **k: (counted.append(1), real(*a, **k))[1])
-    m = _fit(_method(world, tmp_path, classes_per_pass=1, pairs=[]), world)
+    m = _fit(_method(world, tmp_path, classes_per_pass=1, pairs=[]), world, write=False)
     assert m.resumed_classes == 2 and len(counted) == 2  # the two finished classes were read back, not refitted
     ref, _ = fitted  # one uninterrupted fit, all classes in one batch (float32: equal up to rounding)
     torch.testing.assert_close(m.components, ref.components, rtol=1e-4, atol=1e-6)
@@ -141,10 +141,10 @@ def test_interrupted_fit_resumes_per_class(world, tmp_path, monkeypatch, fitted)
 def test_too_few_images_is_a_logged_skip(world, tmp_path, caplog):
     m = _method(world, tmp_path, images_per_class=3, pairs=[], min_images=4)
     with caplog.at_level("WARNING"):
-        _fit(m, world)
-    rows = read_csv(tmp_path / "out" / "classes.csv")
+        _fit(m, world, write=False)
+    rows = m.result.tables["classes"]
     assert all("fewer than min_images=4" in r["status"] for r in rows)
-    assert read_csv(tmp_path / "out" / "components.csv") == [] if (tmp_path / "out" / "components.csv").stat().st_size else True
+    assert m.result.tables["components"] == []
     assert sum("skipped" in r.message for r in caplog.records) == len(NMF_CLASSES)
 
 
@@ -187,8 +187,8 @@ def test_all_zero_activations_are_a_logged_skip(world, tmp_path, caplog):
     m = _method(world, tmp_path, model="python:tests.methods.test_nmf:tiny_net", model_kwargs={"zero": True},
                 layer="conv", pairs=[], components=2)
     with caplog.at_level("WARNING"):
-        _fit(m, world)
-    rows = {int(r["class"]): r["status"] for r in read_csv(tmp_path / "out" / "classes.csv")}
+        _fit(m, world, write=False)
+    rows = {int(r["class"]): r["status"] for r in m.result.tables["classes"]}
     assert "all-zero activations" in rows[0]  # every image is predicted as class 0 (largest bias)
     assert "fewer than min_images" in rows[1] and "fewer than min_images" in rows[2]
     assert sum("skipped" in r.message for r in caplog.records) == 3
@@ -199,8 +199,8 @@ def test_negative_activations_raise_unless_shifted(world, tmp_path):
     kw = dict(model="python:tests.methods.test_nmf:tiny_net", model_kwargs={}, layer="conv", pairs=[], components=2,
               min_images=1)
     with pytest.raises(ValueError, match="negative: shift"):
-        _fit(_method(world, tmp_path / "a", **kw), world)
-    m = _fit(_method(world, tmp_path / "b", negative="shift", **kw), world)
+        _fit(_method(world, tmp_path / "a", **kw), world, write=False)
+    m = _fit(_method(world, tmp_path / "b", negative="shift", **kw), world, write=False)
     assert len(m.result.data["classes"]) >= 1 and bool((m.components >= 0).all())
 
 
