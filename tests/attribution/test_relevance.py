@@ -11,13 +11,7 @@ from lit_explain.attribution.relevance import (deeplift_compatible, deeplift_smo
                                                smoothgrad_noise, spatial_relevance, weight_activations)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: with several intra-op threads on a loaded machine, thread hand-offs dominate."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_head_model(seed=0, relu=True):

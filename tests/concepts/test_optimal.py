@@ -20,13 +20,7 @@ from tests.concepts.random_instances import make_instance, noisy_bitmap
 OP_NAMES = ("or", "and", "and_not")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and steadier on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------- exhaustive enumeration (independent code)

@@ -15,13 +15,7 @@ from lit_explain.metrics.functional.sample_counts import detection_accuracy_from
 from tests.concepts.random_instances import make_instance, noisy_bitmap
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and steadier on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------- dense references (independent code)

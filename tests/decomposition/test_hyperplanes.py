@@ -11,13 +11,7 @@ from lit_explain.decomposition.hyperplanes import (contrastive_mask, pad_classes
                                                    shifted_probabilities, swap_metrics)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: with several intra-op threads on a loaded machine, thread hand-offs dominate."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _classes(counts=(5, 7, 3, 6), C=6, seed=0):

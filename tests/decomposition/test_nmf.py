@@ -14,13 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from lit_explain.decomposition.nmf import batched_nmf, class_rows, nndsvd_init, relative_error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: with several intra-op threads on a loaded machine, thread hand-offs dominate."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(B=3, n=40, C=15, seed=0):

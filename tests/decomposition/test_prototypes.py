@@ -13,13 +13,7 @@ from lit_explain.decomposition.component_prediction import component_prediction_
 from lit_explain.decomposition.prototypes import merge_top_cells, pool_grid, top_cells
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: with several intra-op threads on a loaded machine, thread hand-offs dominate."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 3 images with a 1 x 2 grid of 2-channel cells; image i is predicted as class i
 CELLS = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]],

@@ -24,13 +24,7 @@ from tests.methods.lavise_fakes import ColorSquares, HashEncoder, color_net
 COLOR_NET = "python:tests.methods.lavise_fakes:color_net"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only contend with other processes on a 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_module(**kw) -> LaViSE:
