@@ -49,7 +49,7 @@ from lit_explain.methods.hint_ops import (RegionPixels, channel_norm, class_acti
 from lit_explain.models.concept_classifiers import LOSSES, ConceptClassifiers, per_concept_accuracy
 from lit_explain.results import MethodResult, Picture
 
-__all__ = ["HINT", "SALIENCY_MODES", "SHAPLEY_MODES", "BOX_MODES", "GT_MODES"]
+__all__ = ["HINT", "SALIENCY_MODES", "SHAPLEY_MODES", "BOX_MODES", "GT_MODES", "RUN_OPTIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ SALIENCY_MODES = ("guided", "vanilla")
 SHAPLEY_MODES = ("linear", "tree")
 BOX_MODES = ("all", "largest")
 GT_MODES = ("max", "union")
+#: Arguments that describe a run, not the trained classifiers (kept out of checkpoints' hyper-parameters).
+RUN_OPTIONS = ("wsol_concept", "shapley", "tree_max_pixels", "tree_max_depth", "tree_rounds", "responsible_k",
+               "box_mode", "gt_mode", "iou_threshold", "cam_layer", "cam_classifier", "cam_threshold", "units",
+               "random_units", "quantile", "top_images", "cache_dir", "output_dir")
 
 
 class HINT(LayerMethod):
@@ -273,6 +277,15 @@ class HINT(LayerMethod):
             self.fitted.fill_(False)
 
     # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the run options (:data:`RUN_OPTIONS`: how to explain, localise and where to write) out of the
+        checkpoint's hyper-parameters: LightningCLI lets a checkpoint's hyper-parameters override the config, so
+        ``predict``/``test --ckpt_path`` would otherwise ignore e.g. ``--model.init_args.gt_mode union``."""
+        hp = checkpoint.get("hyper_parameters")
+        if isinstance(hp, dict):
+            for key in RUN_OPTIONS:
+                hp.pop(key, None)
+
     def get_extra_state(self) -> dict[str, Any]:
         """The classifiers' concept names travel with the state dict (checkpoints, ddp_spawn results)."""
         return {"concepts": None if self.classifiers is None else list(self.classifiers.concepts)}

@@ -200,6 +200,21 @@ def test_tree_surrogate_ranks_the_planted_units_first(world, fitted):
     assert json.loads((tmp / "tree" / "hint_neurons.json").read_text())["shapley"] == "tree"
 
 
+def test_checkpoints_keep_run_options_out(world, fitted, tmp_path):
+    """A checkpoint's hyper-parameters override the CLI config on --ckpt_path: only what defines the classifiers
+    may be stored, so `test --ckpt_path x --model.init_args.gt_mode union` is obeyed."""
+    m, _ = fitted
+    trainer = _trainer(max_epochs=0)
+    trainer.strategy.connect(m)
+    trainer.save_checkpoint(tmp_path / "h.ckpt")
+    stored = torch.load(tmp_path / "h.ckpt", map_location="cpu", weights_only=False)
+    hp = stored["hyper_parameters"]
+    assert hp["layer"] == "features" and hp["alpha"] == 0.1
+    assert not {"output_dir", "gt_mode", "box_mode", "shapley", "wsol_concept"} & set(hp)
+    assert stored["state_dict"]["_extra_state"]["concepts"] == m.classifiers.concepts
+    assert bool(stored["state_dict"]["fitted"])
+
+
 def test_predict_and_test_need_trained_classifiers(world, tmp_path):
     with pytest.raises(ValueError, match="not trained; run `fit` first"):
         _trainer().predict(_method(world, tmp_path), _dm(world), return_predictions=False)
