@@ -19,9 +19,11 @@ demo: $(STAMP)
 	$(PY) trainer_cli.py fit --config configs/synthetic_classifier.yaml
 	$(PY) trainer_cli.py predict --config configs/netdissect_synthetic.yaml
 
-## test: the test suite
+## test: the test suite; the two-process (ddp) tests run in a pytest process of their own, so no state left by an
+## in-process test (threads, process groups, hooks) can reach the processes they spawn
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not ddp" tests
+	$(PY) -m pytest -q -m ddp tests
 
 ## quick: the suite without the two-process (ddp) and slow tests
 quick: $(STAMP)

@@ -183,6 +183,16 @@ class LayerMethod(LightningModule):
         self._captures: list[tuple[str, Features, str, dict[str, Any]]] = []
         self._seen: list[torch.Tensor] = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (``ddp_spawn`` sends the module to its processes) without this run's state: the result and its
+        drawing closures, open memory maps, probe hooks, writers and locks belong to the process that made them."""
+        state = dict(super().__getstate__())
+        for name in ("result", "entry", "random_entry", "probe", "random_probe"):
+            if name in state:
+                state[name] = None
+        state.update(_writers={}, _locks={}, _captures=[], _seen=[])
+        return state
+
     def save_hyperparameters(self, *args: Any, ignore: Sequence[str] | str | None = None, frame: Any = None,
                              logger: bool = True) -> None:
         """Lightning's, from the caller's frame, always leaving out ``cache_dir`` (see :attr:`cache_dir`)."""
