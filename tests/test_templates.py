@@ -52,7 +52,7 @@ def _override(tmp_path: Path, name: str, values: dict) -> str:
 
 
 def test_every_template_is_here():
-    assert {p.stem for p in TEMPLATES} == {"netdissect", "compositional", "lavise"}
+    assert {p.stem for p in TEMPLATES} == {"netdissect", "compositional", "lavise", "hint", "nmf", "www"}
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=[t.stem for t in TEMPLATES])
