@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_explain import distributed
-from lit_explain.methods.base import LayerMethod
+from lit_explain.methods.base import SILENT_REASON, LayerMethod
 from lit_explain.methods.www_crops import crop_resize, peak_cells, peak_crop_boxes
 from lit_explain.methods.www_encoders import load_vocabulary
 from lit_explain.methods.www_ops import (class_activation_sums, concept_scores, gradient_x_activation,
@@ -454,12 +454,14 @@ class WWW(LayerMethod):
         text, template = self._text_embeddings()
         image_sums, crop_sums = self._example_embeddings(units, top_index, valid, text.shape[1])
         scores = concept_scores(image_sums, text, template)
-        keep = select_concepts(scores, hp.alpha)
+        # a unit with no activation above its threshold has no examples worth the name: no concept, a reason
+        silent = self.silent_units(units, self.unit_thresholds(units))
+        keep = select_concepts(scores, hp.alpha) & ~silent[:, None]
         major = ranked_concepts(scores, keep)
         minor: list[list[tuple[int, float]]] = [[] for _ in range(len(units))]
         if crop_sums is not None:
             mscores = concept_scores(crop_sums, text, template)
-            mkeep = select_concepts(mscores, hp.minor_alpha) & ~keep
+            mkeep = select_concepts(mscores, hp.minor_alpha) & ~keep & ~silent[:, None]
             minor = ranked_concepts(mscores, mkeep)
         images = self._heatmap_pass(phi_heat)
         auroc = misprediction_auroc(images["reliability"], images["logits"], images["label"])
@@ -472,6 +474,9 @@ class WWW(LayerMethod):
             log.warning("WWW: ground_truth %s gives one class per unit, but layer %r is not the class logits; the "
                         "metrics compare unit u with class u", hp.ground_truth, hp.layer)
         rows = self._unit_rows(units, major, minor, phi_layer, top_values, top_index, class_names, gt_units)
+        for row, quiet in zip(rows, silent.tolist()):
+            if quiet:
+                row["reason"] = SILENT_REASON
         class_rows = self._class_rows(phi_heat, class_names)
         pred = images["logits"].argmax(dim=1)
         msp = images["logits"].double().softmax(dim=1).max(dim=1).values
