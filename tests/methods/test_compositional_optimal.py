@@ -83,3 +83,12 @@ def test_a_tiny_budget_reports_an_honest_gap(miniature):
 def test_bad_search_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         CompositionalExplanations(model=MODEL, layer="features", **kw)
+
+
+@pytest.mark.ddp
+def test_one_and_two_processes_give_the_same_optimal_table(miniature, runs):
+    _, opt = runs
+    two = _run(miniature, out="optimal2", devices=2, num_clusters=2, length=3, beam_size=1, first_beam_size=1,
+               quantile=0.2, resume=False, search="optimal")
+    one = (miniature / "optimal" / "explanations.csv").read_bytes()
+    assert (two / "explanations.csv").read_bytes() == one
