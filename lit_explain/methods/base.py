@@ -170,6 +170,8 @@ class LayerMethod(LightningModule):
             raise ValueError(f"seed must be >= 0, got {seed}")
         if units is not None:
             bad = [u for u in units if int(u) < 0]
+            if not len(units):
+                raise ValueError("units is empty: list the units to explain, or null for every unit")
             if bad or len(set(int(u) for u in units)) != len(units):
                 raise ValueError(f"units must be distinct indices >= 0, got {list(units)[:20]}")
         self.net: torch.nn.Module | None = None

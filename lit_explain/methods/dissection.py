@@ -64,6 +64,9 @@ class DissectionMethod(LayerMethod):
         self.network()
         dm.setup("predict")
         self.vocabulary: ConceptVocabulary = dm.vocabulary
+        if not len(self.vocabulary.names):
+            raise ValueError(f"{type(self).__name__}: the data module's selection leaves no concept to explain units "
+                             "with; check its categories / concepts / min_image_count")
         # one rank builds the concept index (cached atomically), the others then load it
         if self.trainer.is_global_zero:
             self.concept_index: ConceptIndex = dm.concept_index()

@@ -88,7 +88,8 @@ def test_the_other_threshold_convention_is_refused_with_the_fix(value):
 
 @pytest.mark.parametrize("kw,match", [({"random_units": -1}, "random_units"), ({"top_images": 0}, "top_images"),
                                       ({"activation_dtype": "bfloat16"}, "activation_dtype"),
-                                      ({"units": [1, 1]}, "distinct"), ({"num_pictures": -2}, "num_pictures")])
+                                      ({"units": [1, 1]}, "distinct"), ({"units": []}, "units is empty"),
+                                      ({"num_pictures": -2}, "num_pictures")])
 def test_settings_are_validated_in_the_constructor(kw, match):
     with pytest.raises(ValueError, match=match):
         NetDissect(model=MODEL, layer="features", **kw)
@@ -148,3 +149,13 @@ def test_random_model_baseline_of_a_parameter_free_layer_is_skipped_with_a_reaso
     rows = read_csv(tmp_path / "out" / "explanations.csv")
     assert rows and all("null_random_iou" not in r and r["null_shuffled_iou"] != "" for r in rows)
     assert len(_committed(tmp_path)) == 1  # no second capture of an identical copy
+
+
+def test_a_selection_without_concepts_is_an_error(broden, tmp_path):
+    dm = BrodenDataModule(root=str(broden), batch_size=4, cache_dir=str(tmp_path / "cache"), min_image_count=10**6)
+    method = NetDissect(model=MODEL, layer="features", output_dir=str(tmp_path / "out"),
+                        cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="no concept"):
+        Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                callbacks=default_callbacks(method)).predict(method, datamodule=dm, return_predictions=False)
+    assert not (tmp_path / "out").exists()
