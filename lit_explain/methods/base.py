@@ -304,6 +304,12 @@ class LayerMethod(LightningModule):
         if stage == "predict" and not getattr(self, "_predict_started", True):
             raise ValueError(f"{type(self).__name__}: the predict dataloader has no images, nothing was explained; "
                              "check the data module's split / subset / selection")
+        if self._trainer is not None and distributed.is_distributed() and \
+                getattr(self.trainer.strategy, "_start_method", None) in ("spawn", "fork", "forkserver"):
+            # processes Lightning spawned exit right after this run: leave together, with the process group closed,
+            # so no rank's gloo threads outlive the store of rank 0 (that race aborts a rank at exit)
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
     def on_predict_start(self) -> None:
         self._predict_started = True
