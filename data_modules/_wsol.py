@@ -109,6 +109,10 @@ class BoxDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def image_paths(self) -> list[str]:
+        """The image files in dataset order: with their sizes and times, what the activation cache keys on."""
+        return [str(r.path) for r in self.records]
+
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
         with Image.open(r.path) as im:

@@ -131,3 +131,25 @@ def test_lavise_template_runs_when_filled_in(tmp_path, monkeypatch):
     with open(tmp_path / "outputs/my_lavise/filters.csv") as f:
         table = list(csv.DictReader(f))
     assert {r["filter"] for r in table} == {"0", "3"} and all(r["word"] for r in table)
+
+
+def test_nmf_template_runs_when_filled_in(tmp_path, monkeypatch):
+    """The NMF template on an ImageNet-layout miniature with a 3-class tiny CNN: every class the model predicts gets
+    its components table."""
+    from tests.fixtures.imagenet_writer import make_imagenet
+
+    template = ROOT / "configs" / "templates" / "nmf.yaml"
+    make_imagenet(tmp_path / "my_imagenet")
+    monkeypatch.chdir(tmp_path)
+    fills = {"model.init_args.model": TINY, "model.init_args.weights": _tiny_checkpoint(tmp_path),
+             "model.init_args.layer": "features", "model.init_args.pairs": [],
+             "data.init_args.root": str(tmp_path / "my_imagenet")}
+    assert set(changed_keys(template)) == set(fills)  # a new CHANGE key needs a value here
+    speed = {"model.init_args.relevance": "gradient_x_activation", "model.init_args.components": 2,
+             "model.init_args.contrastive": False, "data.init_args.image_size": 32,
+             "data.init_args.batch_size": 8, "data.init_args.num_workers": 0, "trainer.accelerator": "cpu"}
+    main(["fit", "--config", str(template), "--config", _override(tmp_path, "fills", {**fills, **speed})])
+    out = tmp_path / "outputs" / "my_nmf"
+    with open(out / "components.csv") as f:
+        table = list(csv.DictReader(f))
+    assert table and (out / "config.yaml").exists()
