@@ -153,3 +153,32 @@ def test_nmf_template_runs_when_filled_in(tmp_path, monkeypatch):
     with open(out / "components.csv") as f:
         table = list(csv.DictReader(f))
     assert table and (out / "config.yaml").exists()
+
+
+def test_hint_template_runs_when_filled_in(tmp_path, monkeypatch):
+    """fit, predict and test of the HINT template on an ImageNet-layout miniature with a two-level hierarchy TSV."""
+    from tests.fixtures.imagenet_writer import WNIDS, make_imagenet
+
+    template = ROOT / "configs" / "templates" / "hint.yaml"
+    make_imagenet(tmp_path / "my_imagenet")
+    tsv = tmp_path / "my_hierarchy.tsv"  # two fish under "fish", the shark under "shark", both under "animal"
+    tsv.write_text("animal\t-\nfish\tanimal\nshark\tanimal\n"
+                   f"{WNIDS[0]}\tfish\n{WNIDS[1]}\tfish\n{WNIDS[2]}\tshark\n")
+    monkeypatch.chdir(tmp_path)
+    fills = {"model.init_args.model": TINY, "model.init_args.weights": _tiny_checkpoint(tmp_path),
+             "model.init_args.layer": "relu1", "model.init_args.hierarchy": str(tsv),
+             "data.init_args.root": str(tmp_path / "my_imagenet")}
+    assert set(changed_keys(template)) == set(fills)  # a new CHANGE key needs a value here
+    speed = {"model.init_args.wsol_concept": "fish", "model.init_args.cam_layer": "features",
+             "model.init_args.cam_classifier": "fc", "data.init_args.image_size": 32,
+             "data.init_args.batch_size": 8, "data.init_args.num_workers": 0, "trainer.accelerator": "cpu"}
+    common = ["--config", str(template), "--config", _override(tmp_path, "fills", {**fills, **speed})]
+    main(["fit", *common])
+    ckpt = tmp_path / "outputs/my_hint/checkpoints/last.ckpt"
+    assert ckpt.exists()
+    main(["predict", *common, "--ckpt_path", str(ckpt)])
+    with open(tmp_path / "outputs/my_hint/hint_neurons.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {r["unit"] for r in table} == {str(u) for u in range(8)}  # every channel of relu1
+    main(["test", *common, "--ckpt_path", str(ckpt)])
+    assert list((tmp_path / "outputs/my_hint").glob("wsol*"))
