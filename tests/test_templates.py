@@ -182,3 +182,31 @@ def test_hint_template_runs_when_filled_in(tmp_path, monkeypatch):
     assert {r["unit"] for r in table} == {str(u) for u in range(8)}  # every channel of relu1
     main(["test", *common, "--ckpt_path", str(ckpt)])
     assert list((tmp_path / "outputs/my_hint").glob("wsol*"))
+
+
+def test_www_template_runs_when_filled_in(tmp_path, monkeypatch):
+    """WWW's template on an ImageNet-layout miniature, with a randomly initialised tiny CLIP saved as an open_clip
+    folder (no weights can be downloaded) and a word list: every neuron of the class layer gets a table row."""
+    from lit_explain.models.clip_files import TINY_CLIP_CONFIG, build_clip, save_clip
+    from tests.fixtures.imagenet_writer import make_imagenet
+
+    template = ROOT / "configs" / "templates" / "www.yaml"
+    make_imagenet(tmp_path / "my_imagenet")
+    clip = save_clip(build_clip(), TINY_CLIP_CONFIG, tmp_path / "my_clip")
+    words = tmp_path / "my_words.txt"
+    words.write_text("fish\nshark\nwater\nsand\n")
+    monkeypatch.chdir(tmp_path)
+    fills = {"model.init_args.model": TINY, "model.init_args.weights": _tiny_checkpoint(tmp_path),
+             "model.init_args.layer": "fc", "model.init_args.encoder.init_args.path": str(clip),
+             "model.init_args.vocabulary": str(words), "data.init_args.root": str(tmp_path / "my_imagenet"),
+             "data.init_args.class_index": None}
+    assert set(changed_keys(template)) == set(fills)  # a new CHANGE key needs a value here
+    speed = {"model.init_args.encoder.class_path": "lit_explain.methods.www_encoders.OpenClipPair",
+             "model.init_args.encoder.init_args.model_name": None, "model.init_args.heatmap_layer": "features",
+             "model.init_args.ground_truth": None, "model.init_args.num_examples": 4,
+             "data.init_args.image_size": 32, "data.init_args.batch_size": 8, "data.init_args.num_workers": 0,
+             "trainer.accelerator": "cpu"}
+    main(["predict", "--config", str(template), "--config", _override(tmp_path, "fills", {**fills, **speed})])
+    with open(tmp_path / "outputs/my_www/www_units.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["unit"] for r in table] == ["0", "1", "2"]  # the tiny CNN's three class logits
