@@ -141,9 +141,11 @@ def _header(meta: Mapping[str, Any], rows: list[dict[str, Any]], names: Sequence
         f'</span></td></tr>'
         for c, (n, a) in sorted(per_cat.items(), key=lambda kv: (-kv[1][0], kv[0])))
     mean = sum(v for v in best.values() if v > -math.inf) / max(1, len(best))
+    has_iou = any("iou" in r for r in rows)  # tables of other methods (WWW, HINT...) have no IoU column
     tiles = [(len(best), "units explained"), (f"{above} / {len(best)}", f"units with IoU > {thr:g}"),
              (f"{mean:.3f}", "mean best IoU"), (meta.get("num_images", "?"), "images"),
-             (len(names) if names is not None else "?", "concepts")]
+             (len(names) if names is not None else "?", "concepts")] if has_iou else \
+        [(len(best), "units explained"), (len(rows), "rows"), (meta.get("num_images", "?"), "images")]
     facts = [("weights", hp.get("weights")), ("explanations", len(rows))]
     facts += [(k.replace("_", " "), " × ".join(str(s) for s in meta[k])) for k in ("activation_shape", "mask_shape")
               if meta.get(k)]
@@ -155,8 +157,8 @@ def _header(meta: Mapping[str, Any], rows: list[dict[str, Any]], names: Sequence
             + "".join(f"<div><b>{e(v)}</b><span>{e(k)}</span></div>" for v, k in tiles)
             + '</div><p class="facts">' + " · ".join(f"{e(k)} <b>{e(v)}</b>" for k, v in facts if v is not None)
             + f'</p><details><summary>run configuration</summary><pre>{e(config)}</pre></details></div>'
-            f'<table class="cats"><thead><tr><th>category</th><th>explanations</th><th>IoU&gt;{thr:g}</th>'
-            f'<th></th></tr></thead><tbody>{cats_html}</tbody></table></div>')
+            + (f'<table class="cats"><thead><tr><th>category</th><th>explanations</th><th>IoU&gt;{thr:g}</th>'
+               f'<th></th></tr></thead><tbody>{cats_html}</tbody></table>' if has_iou else "") + '</div>')
 
 
 def write_report(output_dir: str | Path, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
@@ -261,6 +263,8 @@ figure img{max-width:100%;display:block;image-rendering:pixelated}figcaption{fon
 (function () {
 "use strict";
 var D = JSON.parse(document.getElementById("report-data").textContent), R = D.rows, T = D.threshold;
+var HAS_IOU = D.columns.indexOf("iou") >= 0, HAS_RANGE = D.columns.indexOf("range_lo") >= 0;
+var SORT0 = HAS_IOU ? "iou" : "unit";  // the default order: best IoU first, else by unit
 var ESC = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"};
 function $(id) { return document.getElementById(id); }
 function esc(s) { return String(s).replace(/[&<>"']/g, function (c) { return ESC[c]; }); }
@@ -301,7 +305,7 @@ var COLS = [["unit", "unit"], ["cluster", "range"], ["range_lo", "bounds"], ["la
   ["category", "category"], ["length", "len"], ["iou", "IoU"]].filter(function (c) {
   return D.columns.indexOf(c[0]) >= 0 && (c[0] !== "cluster" || multi);
 }).concat(D.numeric.map(function (c) { return [c, c.replace(/_/g, " ")]; }), [["_card", "card"]]);
-var S = {q: "", cat: "", above: false, sort: "iou", desc: true, flat: !multi, sel: null, limit: 1000};
+var S = {q: "", cat: "", above: false, sort: SORT0, desc: HAS_IOU, flat: !multi, sel: null, limit: 1000};
 
 function val(r, c) { return c === "_card" ? (D.cards[key(r)] ? 1 : 0) : r[c]; }
 function cmp(a, b) {  // the current sort; numbers before missing values, then unit and range
@@ -358,7 +362,7 @@ function renderTable() {
   shown.forEach(function (r) {
     var cls = [];
     if (!prev || prev.unit !== r.unit || S.flat) cls.push("first");
-    if (!(num(r.iou) > T)) cls.push("low");
+    if (HAS_IOU && !(num(r.iou) > T)) cls.push("low");
     if (r._i === S.sel) cls.push("sel");
     h.push('<tr data-i="' + r._i + '" data-unit="' + esc(r.unit) + '" data-cluster="' + esc(cl(r)) + '" class="' +
       cls.join(" ") + '">' + COLS.map(function (c) { return cell(r, c[0], prev); }).join("") + "</tr>");
@@ -383,9 +387,11 @@ function renderDetail() {
   rs.forEach(function (r) {
     var src = D.cards[key(r)];
     h.push('<figure class="' + (r === r0 ? "sel" : "") + '">' + (src ? '<img alt="unit card" src="' + esc(src) + '">' :
-      '<div class="nocard">no card (cards are drawn for the highest-IoU explanations only)</div>') + "<figcaption>" +
-      (many ? "range " + esc(cl(r)) + " " : "") + bounds(r) + ": <b>" + esc(r.label) + "</b> " +
-      (r.category ? cat(r.category) : "") + " IoU " + esc(fmt(r.iou)) + "</figcaption></figure>");
+      '<div class="nocard">' + (HAS_IOU ? "no card (cards are drawn for the highest-IoU explanations only)" :
+        "no card for this row") + "</div>") + "<figcaption>" +
+      (many ? "range " + esc(cl(r)) + " " : "") + (HAS_RANGE ? bounds(r) + ": " : "") + "<b>" + esc(r.label) +
+      "</b> " + (r.category ? cat(r.category) : "") + (HAS_IOU ? " IoU " + esc(fmt(r.iou)) : "") +
+      "</figcaption></figure>");
   });
   h.push("<table><thead><tr><th></th>" + rs.map(function (r) {
     return "<th>" + (many ? "range " + esc(cl(r)) : "") + "</th>";
@@ -428,7 +434,7 @@ function writeHash() {
   if (S.cat) p.push("cat=" + encodeURIComponent(S.cat));
   if (S.above) p.push("above=1");
   if (multi && S.flat) p.push("flat=1");
-  if (!(S.sort === "iou" && S.desc)) p.push("sort=" + (S.desc ? "-" : "") + encodeURIComponent(S.sort));
+  if (!(S.sort === SORT0 && S.desc === HAS_IOU)) p.push("sort=" + (S.desc ? "-" : "") + encodeURIComponent(S.sort));
   try { history.replaceState(null, "", "#" + p.join("&")); } catch (e) { /* some file:// setups refuse */ }
 }
 function readHash() {
@@ -457,6 +463,7 @@ $("cat").innerHTML += Object.keys(cats).sort().map(function (c) {
 }).join("");
 $("thr").textContent = String(T);
 if (!multi) $("grouplab").style.display = "none";
+if (!HAS_IOU) $("above").parentNode.style.display = "none";
 document.querySelectorAll(".cats .cat").forEach(function (e) {
   e.style.setProperty("--h", hue(e.getAttribute("data-cat")));
 });
