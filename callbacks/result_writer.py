@@ -86,7 +86,7 @@ class ResultWriter(Callback):
             write_report(out, result.tables[result.report], {**result.meta, "config": config_text},
                          {k: v for k, v in names.items() if k.startswith("unit_")})
         self._tensorboard(trainer, result, drawn)
-        log.info("wrote %s to %s", ", ".join(f"{n} ({len(r)} rows)" for n, r in result.tables.items()), out)
+        log.info("wrote %s to %s", ", ".join(f"{len(r)} {n}" for n, r in result.tables.items()), out)
         if self.summary and result.summary:
             print(result.summary)
         return out
