@@ -124,19 +124,11 @@ class HINT(LayerMethod):
         cam_layer: str | None = None,
         cam_classifier: str = "fc",
         cam_threshold: float = 0.2,
-        units: list[int] | None = None,
-        random_units: int = 0,
-        quantile: float = 0.005,
-        activation_dtype: str = "float16",
-        cache_dir: str = "cache",
         output_dir: str = "outputs/hint",
-        top_images: int = 6,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, layer, weights=weights, model_kwargs=model_kwargs, units=units,
-                         random_units=random_units, quantile=quantile, activation_dtype=activation_dtype,
-                         cache_dir=cache_dir, output_dir=output_dir, top_images=top_images, seed=seed)
-        self.save_hyperparameters()
+        super().__init__(model, layer, weights=weights, model_kwargs=model_kwargs, output_dir=output_dir,
+                         **kwargs)  # the base validates and records every argument
         if hierarchy is not None and Path(str(hierarchy)).suffix.lower() not in HIERARCHY_SUFFIXES:
             raise ValueError(f"hierarchy must be a file ending in one of {HIERARCHY_SUFFIXES} (meta.mat, 'node<TAB>"
                              f"parent' TSV, JSON) or null for the data module's own hierarchy; got {hierarchy!r}")

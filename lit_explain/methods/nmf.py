@@ -212,19 +212,13 @@ class NMFConcepts(LayerMethod):
         contrastive: bool = True,
         contrastive_bias_sign: Literal["consistent", "paper"] = "consistent",
         resume: bool = True,
-        units: list[int] | None = None,
-        random_units: int = 0,
-        quantile: float = 0.005,
         activation_dtype: str = "float32",
-        cache_dir: str = "cache",
         output_dir: str = "outputs/nmf",
-        top_images: int = 6,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, layer, weights=weights, model_kwargs=model_kwargs, units=units,
-                         random_units=random_units, quantile=quantile, activation_dtype=activation_dtype,
-                         cache_dir=cache_dir, output_dir=output_dir, top_images=top_images, seed=seed)
-        self.save_hyperparameters()
+        super().__init__(model, layer, weights=weights, model_kwargs=model_kwargs,
+                         activation_dtype=activation_dtype, output_dir=output_dir,
+                         **kwargs)  # the base validates and records every argument
         for name, value, low in (("components", components, 1), ("images_per_class", images_per_class, 1),
                                  ("smoothgrad_samples", smoothgrad_samples, 1),
                                  ("relevance_batch_size", relevance_batch_size, 1), ("max_iter", max_iter, 1),

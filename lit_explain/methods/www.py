@@ -184,19 +184,14 @@ class WWW(LayerMethod):
         input_std: Sequence[float] = (0.229, 0.224, 0.225),
         batch_size: int = 64,
         num_pictures: int = 16,
-        units: list[int] | None = None,
-        random_units: int = 0,
-        quantile: float = 0.005,
         activation_dtype: str = "float32",
-        cache_dir: str = "cache",
         output_dir: str = "outputs/www",
         top_images: int = 8,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, layer, weights=weights, model_kwargs=model_kwargs, units=units,
-                         random_units=random_units, quantile=quantile, activation_dtype=activation_dtype,
-                         cache_dir=cache_dir, output_dir=output_dir, top_images=top_images, seed=seed)
-        self.save_hyperparameters()
+        super().__init__(model, layer, weights=weights, model_kwargs=model_kwargs,
+                         activation_dtype=activation_dtype, output_dir=output_dir, top_images=top_images,
+                         **kwargs)  # the base validates and records every argument
         if not isinstance(self.hparams.get("encoder"), (dict, type(None))):
             self.hparams["encoder"] = None  # the object may hold a model: keep it out of hparams.yaml
         needed = ("encode_images", "encode_texts", "token_counts")
