@@ -61,25 +61,37 @@ def original_loop(model: nn.Module, layer_name: str, images: torch.Tensor, targe
     return torch.stack(grads)
 
 
-def bench_saliency(n: int, batch: int) -> dict:
+def _fastest(fn, repeats: int):
+    """(result, seconds) of the fastest of ``repeats`` runs: a shared machine's load only ever slows a run down."""
+    best = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+        best = (out, dt) if best is None or dt < best[1] else best
+    return best
+
+
+def bench_saliency(n: int, batch: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = synthetic_cnn(num_classes=8).eval()
     images = torch.randn(n, 3, 64, 64)
     targets = torch.randint(0, 8, (n,))
     layer = dict(model.named_modules())["layer3"]
-    t0 = time.perf_counter()
-    sal = torch.cat([layer_saliency(model, layer, images[s:s + batch], targets[s:s + batch]).saliency
-                     for s in range(0, n, batch)])
-    t_batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    piled = original_loop(model, "layer3", images, targets, pile=True)
-    t_piled = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    once = original_loop(model, "layer3", images, targets, pile=False)
-    t_once = time.perf_counter() - t0
-    return {"images": n, "batch": batch, "batched_img_s": n / t_batched, "original_piled_img_s": n / t_piled,
-            "per_image_hooks_once_img_s": n / t_once, "ratio_vs_original": t_piled / t_batched,
-            "ratio_vs_fair_loop": t_once / t_batched,
+
+    def batched():
+        return torch.cat([layer_saliency(model, layer, images[s:s + batch], targets[s:s + batch]).saliency
+                          for s in range(0, n, batch)])
+
+    # warm-up of both paths (thread pools, kernel selection, allocator) before anything is timed
+    layer_saliency(model, layer, images[:batch], targets[:batch])
+    original_loop(model, "layer3", images[:2], targets[:2], pile=False)
+    sal, t_batched = _fastest(batched, repeats)
+    piled, t_piled = _fastest(lambda: original_loop(model, "layer3", images, targets, pile=True), repeats)
+    once, t_once = _fastest(lambda: original_loop(model, "layer3", images, targets, pile=False), repeats)
+    return {"images": n, "batch": batch, "repeats": repeats, "batched_img_s": n / t_batched,
+            "original_piled_img_s": n / t_piled, "per_image_hooks_once_img_s": n / t_once,
+            "ratio_vs_original": t_piled / t_batched, "ratio_vs_fair_loop": t_once / t_batched,
             "max_abs_diff": float(max((sal - piled).abs().max(), (sal - once).abs().max()))}
 
 
@@ -138,6 +150,7 @@ def main(argv=None) -> dict:
     p.add_argument("--channels", type=int, default=512)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--fit-batch", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=3, help="times each saliency path runs; the fastest counts")
     p.add_argument("--fit-worker", choices=["multi", "single"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -146,7 +159,7 @@ def main(argv=None) -> dict:
         print(json.dumps(out))
         return out
     result = {"argv": sys.argv[1:] if argv is None else list(argv), "threads": 1,
-              "saliency": bench_saliency(a.images, a.batch)}
+              "saliency": bench_saliency(a.images, a.batch, a.repeats)}
     print(json.dumps(result["saliency"], indent=1), flush=True)
     fits = {}
     for mode in ("multi", "single"):

@@ -18,13 +18,19 @@ forward or backward raises.
 The probed layer's output is replaced (by a forward hook) by a copy, so an in-place op right after the layer
 (VGG's ``ReLU(inplace=True)`` after ``features.30``) cannot overwrite the values or the gradient: A and S are
 those of the layer's own output (pre-ReLU for a Conv2d).
+
+Only the part of the network after the layer is differentiated. The forward runs without autograd until the
+layer; its hook turns autograd on and hands the rest of the network a fresh leaf A, so nothing below the layer
+is recorded, and the backward starts at the logits and stops at A. The guided clamp is applied only to ReLUs
+that run after the layer (the ones the gradient passes). The original backpropagated every image to the input
+pixels; the saliency at the layer is the same, the work below it is skipped.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -44,15 +50,13 @@ class _ClampGrad(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
-def _guide_hook(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor:
-    return _ClampGrad.apply(output)
-
-
 @contextmanager
-def guided_relu(model: nn.Module) -> Iterator[int]:
+def guided_relu(model: nn.Module, active: Callable[[], bool] | None = None) -> Iterator[int]:
     """Within the block, every ``nn.ReLU`` of ``model`` backpropagates ``1[x > 0] * max(grad, 0)``.
 
     Yields the number of hooked ReLU modules. The hooks are removed on exit, whatever happens inside.
+    ``active``: called at each ReLU's forward; the ReLU is guided only when it returns True (None: always), e.g.
+    only after the probed layer has run, the ReLUs that a gradient stopping at that layer passes through.
 
     Raises:
         ValueError: the model has no ``nn.ReLU`` module (functional relu cannot be guided).
@@ -64,8 +68,11 @@ def guided_relu(model: nn.Module) -> Iterator[int]:
                          "vanilla gradients, or build the model with nn.ReLU modules")
     handles = []
     try:
+        def guide(_module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor | None:
+            return _ClampGrad.apply(output) if active is None or active() else None
+
         for m in relus:
-            handles.append(m.register_forward_hook(_guide_hook))
+            handles.append(m.register_forward_hook(guide))
         yield len(relus)
     finally:
         for h in handles:
@@ -123,15 +130,16 @@ def layer_saliency(model: nn.Module, layer: nn.Module, images: torch.Tensor, tar
     def capture(_m, _inp, out):
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"layer_saliency: layer {name!r} returns {type(out).__name__}, not a tensor")
-        captured.append(out)
-        return out.clone()  # later in-place ops (ReLU(inplace=True)) change the copy, not `out`
+        captured.append(out.detach().clone().requires_grad_(True))  # the leaf A the backward stops at
+        torch.set_grad_enabled(True)  # record from here on; the outer no_grad restores the mode on exit
+        return captured[-1].clone()  # later in-place ops (ReLU(inplace=True)) change this copy, not A
 
-    x = images.detach().requires_grad_(True)  # a gradient path even when every parameter is frozen
-    guard = guided_relu(model) if guided else _nullcontext()
+    guard = guided_relu(model, active=lambda: bool(captured)) if guided else _nullcontext()
     handle = layer.register_forward_hook(capture)
     try:
-        with guard, torch.enable_grad():
-            logits = model(x)
+        with guard:
+            with torch.no_grad():  # nothing below the layer is recorded (the hook turns recording on)
+                logits = model(images.detach())
             if len(captured) != 1:
                 raise ValueError(f"layer_saliency: layer {name!r} ran {len(captured)} times in one forward; it must "
                                  "run exactly once (pick a layer on the main path)")
@@ -142,14 +150,13 @@ def layer_saliency(model: nn.Module, layer: nn.Module, images: torch.Tensor, tar
                 raise ValueError(f"layer_saliency: targets must be in [0, {logits.shape[1]}), got range "
                                  f"[{int(t.min())}, {int(t.max())}]")
             act = captured[0]
-            if not act.requires_grad:
-                raise ValueError(f"layer_saliency: layer {name!r} output has no gradient (computed under no_grad or "
-                                 "detached); saliency needs a differentiable path from the layer to the logits")
-            score = logits.gather(1, t[:, None]).sum()
-            if not score.requires_grad:
-                raise ValueError(f"layer_saliency: the logits do not depend on layer {name!r} (no gradient path: the "
-                                 "logits are computed without gradient); probe a layer the logits use")
-            (grad,) = torch.autograd.grad(score, act, allow_unused=True)
+            with torch.enable_grad():
+                score = logits.gather(1, t[:, None]).sum()
+                if not score.requires_grad:
+                    raise ValueError(f"layer_saliency: the logits do not depend on layer {name!r} (no gradient path: "
+                                     "the logits are computed without gradient, e.g. under the model's own no_grad); "
+                                     "probe a layer the logits use")
+                (grad,) = torch.autograd.grad(score, act, allow_unused=True)
             if grad is None:
                 raise ValueError(f"layer_saliency: the logits do not depend on layer {name!r} (no gradient path: the "
                                  "layer's output is detached or unused downstream); probe a layer the logits use")

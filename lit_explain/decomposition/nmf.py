@@ -265,7 +265,7 @@ def _sweep(F: torch.Tensor, P: torch.Tensor, G: torch.Tensor, live: torch.Tensor
     for _ in range(sweeps):
         for t in range(F.shape[1]):
             num = torch.baddbmm(P[:, t : t + 1, :], G[:, t : t + 1, :], F, alpha=-1)  # (B, 1, m)
-            F[:, t : t + 1, :] = torch.addcmul(F[:, t : t + 1, :], num, inv[:, t, None, None]).clamp_(min=0)
+            F[:, t : t + 1, :].addcmul_(num, inv[:, t, None, None]).clamp_(min=0)  # in place on the view
 
 
 def _mu_step(X, Xt, xx, Wt, H, live, sweeps: int = 1):
