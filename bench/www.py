@@ -105,7 +105,7 @@ def bench_matching(k: int, n: int, v: int, d: int, dense_rows: int, threads: int
 
 
 # ---------------------------------------------------------------------------------------------- Shapley prior
-def bench_shapley(images: int, batch: int, classes: int = 8, seed: int = 0) -> dict:
+def bench_shapley(images: int, batch: int, repeats: int = 3, classes: int = 8, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     model = synthetic_cnn(num_classes=classes).eval()
     g = torch.Generator().manual_seed(seed)
@@ -114,17 +114,26 @@ def bench_shapley(images: int, batch: int, classes: int = 8, seed: int = 0) -> d
     feats: dict[str, torch.Tensor] = {}
     hook = model.avgpool.register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
 
-    t, c = time.perf_counter(), time.process_time()
-    sums = torch.zeros(classes, model.fc.in_features, dtype=torch.float64)
-    counts = torch.zeros(classes, dtype=torch.int64)
-    with torch.no_grad():
-        for s in range(0, images, batch):
-            model(x[s:s + batch])
-            ds, dc = www_ops.class_activation_sums(feats["a"].flatten(1), y[s:s + batch], classes)
-            sums += ds
-            counts += dc
-    phi_batched = www_ops.linear_head_shapley(model.fc.weight.detach(), sums, counts)
-    batched_wall, batched_cpu = time.perf_counter() - t, time.process_time() - c
+    def batched():
+        sums = torch.zeros(classes, model.fc.in_features, dtype=torch.float64)
+        counts = torch.zeros(classes, dtype=torch.int64)
+        with torch.no_grad():
+            for s in range(0, images, batch):
+                model(x[s:s + batch])
+                ds, dc = www_ops.class_activation_sums(feats["a"].flatten(1), y[s:s + batch], classes)
+                sums += ds
+                counts += dc
+        return www_ops.linear_head_shapley(model.fc.weight.detach(), sums, counts), sums, counts
+
+    with torch.no_grad():  # warm-up of both paths (thread pools, kernel selection, allocator)
+        model(x[:batch])
+    model(x[:1])[0, 0].backward()
+    timed = []
+    for _ in range(repeats):  # the fastest run counts: a shared machine's load only ever slows a run down
+        t, c = time.perf_counter(), time.process_time()
+        out = batched()
+        timed.append((time.perf_counter() - t, time.process_time() - c, out))
+    batched_wall, batched_cpu, (phi_batched, sums, counts) = min(timed, key=lambda r: r[0])
     # the prior's own cost when the pooled features come from a pass made anyway (WWW's example selection)
     pooled = torch.randn(images, model.fc.in_features, generator=g).relu()
     t = time.perf_counter()
@@ -133,17 +142,23 @@ def bench_shapley(images: int, batch: int, classes: int = 8, seed: int = 0) -> d
     www_ops.linear_head_shapley(model.fc.weight.detach(), sums, counts)
     fused_wall = time.perf_counter() - t
 
-    t, c = time.perf_counter(), time.process_time()
-    acc = torch.zeros(classes, model.fc.in_features, dtype=torch.float64)
-    for i in range(images):  # the official loop: batch size 1, forward + backward per image
-        model.zero_grad(set_to_none=True)
-        logits = model(x[i:i + 1])
-        a = feats["a"]
-        a.retain_grad()
-        logits[0, y[i]].backward()
-        acc[y[i]] += (a.grad * a).detach().flatten().double()
-    phi_single = acc / counts.clamp(min=1)[:, None].double()
-    single_wall, single_cpu = time.perf_counter() - t, time.process_time() - c
+    def single():
+        acc = torch.zeros(classes, model.fc.in_features, dtype=torch.float64)
+        for i in range(images):  # the official loop: batch size 1, forward + backward per image
+            model.zero_grad(set_to_none=True)
+            logits = model(x[i:i + 1])
+            a = feats["a"]
+            a.retain_grad()
+            logits[0, y[i]].backward()
+            acc[y[i]] += (a.grad * a).detach().flatten().double()
+        return acc / counts.clamp(min=1)[:, None].double()
+
+    timed = []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        out = single()
+        timed.append((time.perf_counter() - t, time.process_time() - c, out))
+    single_wall, single_cpu, phi_single = min(timed, key=lambda r: r[0])
     hook.remove()
     return {"images": images, "batch": batch, "batched_wall_s": batched_wall, "batched_cpu_s": batched_cpu,
             "prior_only_wall_s": fused_wall,
@@ -161,10 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dense-neurons", type=int, default=None, help="neurons the materialised form runs (default K)")
     ap.add_argument("--images", type=int, default=256, help="images of the Shapley-prior comparison")
     ap.add_argument("--batch", type=int, default=128, help="batch size of the batched Shapley pass")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each Shapley form; the fastest counts")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable on a shared machine)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
-    for name in ("neurons", "examples", "words", "dim", "images", "batch", "threads"):
+    for name in ("neurons", "examples", "words", "dim", "images", "batch", "threads", "repeats"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
     dense_rows = args.neurons if args.dense_neurons is None else args.dense_neurons
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     t = time.perf_counter()
     m = bench_matching(args.neurons, args.examples, args.words, args.dim, dense_rows, args.threads)
-    s = bench_shapley(args.images, args.batch)
+    s = bench_shapley(args.images, args.batch, args.repeats)
     res = {"argv": sys.argv[1:] if argv is None else argv, "threads": args.threads, "matching": m, "shapley": s,
            "total_wall_s": time.perf_counter() - t}
     scaled = "" if m["scale"] == 1 else f" (ran {m['dense_neurons_run']} neurons, x{m['scale']:g})"
