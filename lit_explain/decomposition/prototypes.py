@@ -19,28 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lit_explain.topk import merge_topk
+
 __all__ = ["pool_grid", "TopCells", "top_cells", "merge_top_cells"]
-
-
-def _merge(values: torch.Tensor, index: torch.Tensor, new_values: torch.Tensor, new_index: torch.Tensor,
-           top: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the ``top`` best of old (R, a) and new (R, b) candidates per row: larger score first, then smaller
-    cell index (so the order candidates arrive in never matters); pads with -inf / -1.
-
-    A private copy of the rule in ``lit_explain.methods.lavise_ops.merge_topk``: this package may import only
-    ``lit_explain.models`` (the project's layering), and the helper has no shared home yet.
-    """
-    v = torch.cat([values, new_values.to(values.dtype)], 1)
-    i = torch.cat([index, new_index.to(index.dtype)], 1)
-    key = torch.where(i < 0, torch.full_like(i, torch.iinfo(i.dtype).max), i)
-    order = torch.argsort(key, dim=1, stable=True)  # by cell index ...
-    v, i = v.gather(1, order), i.gather(1, order)
-    order = torch.argsort(v, dim=1, descending=True, stable=True)  # ... then by score, ties keep index order
-    v, i = v.gather(1, order)[:, :top], i.gather(1, order)[:, :top]
-    if v.shape[1] < top:
-        v = torch.cat([v, v.new_full((v.shape[0], top - v.shape[1]), float("-inf"))], 1)
-        i = torch.cat([i, i.new_full((i.shape[0], top - i.shape[1]), -1)], 1)
-    return v, i
 
 
 def pool_grid(acts: torch.Tensor, size: int = 2) -> torch.Tensor:
@@ -130,7 +111,7 @@ def top_cells(
             own = own[:, None, :, None].expand(A, K, n, G).reshape(A * K, n * G)
             sims = sims.masked_fill(own, float("-inf"))
         flat = (ids[n0 : n0 + n, None] * G + cell_no[None, :]).reshape(1, -1).expand(A * K, -1)
-        values, index = _merge(values, index, sims, flat, top)
+        values, index = merge_topk(values, index, sims, flat, top)
     return _top_cells(values.reshape(A, K, top), index.reshape(A, K, top), gh, gw)
 
 
@@ -156,6 +137,6 @@ def merge_top_cells(a: TopCells, b: TopCells, grid: tuple[int, int]) -> TopCells
         raise ValueError(f"merge_top_cells: shapes differ: {tuple(a.score.shape)} vs {tuple(b.score.shape)}")
     gh, gw = grid
     A, K, top = a.score.shape
-    v, i = _merge(a.score.reshape(A * K, top), a.index.reshape(A * K, top), b.score.reshape(A * K, top),
+    v, i = merge_topk(a.score.reshape(A * K, top), a.index.reshape(A * K, top), b.score.reshape(A * K, top),
                   b.index.reshape(A * K, top), top)
     return _top_cells(v.reshape(A, K, top), i.reshape(A, K, top), gh, gw)

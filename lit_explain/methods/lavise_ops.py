@@ -1,5 +1,5 @@
 """The tensor math of LaViSE (Yang, Kim, Joo, CVPR 2022), free of Lightning: loss, masks, filter attention,
-streaming top-k, word ranking. Every function is vectorised over the batch / units; shapes are in the docstrings.
+word ranking. Every function is vectorised over the batch / units; shapes are in the docstrings.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ __all__ = [
     "cosine_hinge_rank_loss",
     "resize_masks",
     "filter_attention",
-    "merge_topk",
     "rank_words",
     "RankedWords",
 ]
@@ -111,36 +110,6 @@ def filter_attention(feats: torch.Tensor, unit_maps: torch.Tensor, thresholds: t
         return feats
     raise ValueError(f"filter_attention: unknown mode {mode!r}; expected one of {ATTENTION_MODES} ('image' is "
                      "computed by re-running the backbone)")
-
-
-def merge_topk(
-    values: torch.Tensor, index: torch.Tensor, new_values: torch.Tensor, new_index: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the k largest values per row among old and new candidates; ties go to the smaller index.
-
-    The tie rule makes the result independent of the order in which candidates arrive (batches, DDP ranks).
-
-    Args:
-        values, index: (U, a) current candidates (pad with ``-inf`` / -1).
-        new_values, new_index: (U, b) new candidates.
-        k: how many to keep.
-
-    Returns:
-        (values (U, k), index (U, k)), sorted by value descending then index ascending.
-    """
-    v = torch.cat([values, new_values.to(values.dtype)], 1)
-    i = torch.cat([index, new_index.to(index.dtype)], 1)
-    # sort by index (padding -1 last), then stable sort by value: equal values keep ascending index order
-    pad = i < 0
-    key = torch.where(pad, torch.full_like(i, torch.iinfo(i.dtype).max), i)
-    order = torch.argsort(key, dim=1, stable=True)
-    v, i = v.gather(1, order), i.gather(1, order)
-    order = torch.argsort(v, dim=1, descending=True, stable=True)
-    v, i = v.gather(1, order)[:, :k], i.gather(1, order)[:, :k]
-    if v.shape[1] < k:
-        v = torch.cat([v, v.new_full((v.shape[0], k - v.shape[1]), float("-inf"))], 1)
-        i = torch.cat([i, i.new_full((i.shape[0], k - i.shape[1]), -1)], 1)
-    return v, i
 
 
 @dataclass

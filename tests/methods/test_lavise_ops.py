@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_explain.methods.lavise_ops import cosine_hinge_rank_loss, filter_attention, merge_topk, rank_words, resize_masks
+from lit_explain.methods.lavise_ops import cosine_hinge_rank_loss, filter_attention, rank_words, resize_masks
+from lit_explain.topk import merge_topk
 
 
 # ------------------------------------------------------------------------------------------------ loss
