@@ -163,7 +163,15 @@ class WSOLDataModule(LightningDataModule):
     """Shell: subclasses implement ``read_split(split) -> list[BoxRecord]`` and set ``self.classes``.
 
     ``train_dataloader`` serves the training split (shuffled), ``val/test/predict_dataloader`` the evaluation
-    split, in file order. ``self.stats[split]`` holds the clipping counts and ``skipped_images``.
+    split (:meth:`eval_dataset`), in file order. ``self.stats[split]`` holds the clipping counts and
+    ``skipped_images`` (and, with ``eval_max_boxes``, ``left_out_by_box_count`` for the evaluation split).
+
+    Args:
+        root, image_size, batch_size, num_workers, on_missing, mean, std: see the readers.
+        eval_max_boxes: None (default): every evaluation image. N >= 1: only evaluation images with 1 to N GT
+            boxes (counted after clipping), the others left out and counted; 1 is single-object evaluation as
+            on CUB-200-2011, where one predicted box per image cannot be blamed on a second object. Images with
+            no box left are left out too (nothing to localise). The training split is never filtered.
     """
 
     train_split = "train"
@@ -171,10 +179,15 @@ class WSOLDataModule(LightningDataModule):
 
     def __init__(self, root: str, image_size: int | tuple[int, int] = 224, batch_size: int = 32,
                  num_workers: int = 0, on_missing: str = "error", mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, eval_max_boxes: int | None = None) -> None:
         super().__init__()
         self.image_size = validate_common(type(self).__name__, image_size, batch_size, num_workers, on_missing, mean,
                                           std)
+        if eval_max_boxes is not None and (isinstance(eval_max_boxes, bool) or int(eval_max_boxes) != eval_max_boxes
+                                           or int(eval_max_boxes) < 1):
+            raise ValueError(f"{type(self).__name__}: eval_max_boxes must be an integer >= 1 (1: single-object "
+                             f"images) or null (every image), got {eval_max_boxes!r}")
+        self.eval_max_boxes = None if eval_max_boxes is None else int(eval_max_boxes)
         self.root = Path(root)
         self.check_root()
         self.batch_size, self.num_workers, self.on_missing = int(batch_size), int(num_workers), on_missing
@@ -226,26 +239,43 @@ class WSOLDataModule(LightningDataModule):
             self._data[split] = BoxDataset(records, self.image_size, self.mean, self.std)
         return self._data[split]
 
+    def eval_dataset(self) -> BoxDataset:
+        """The evaluation split as the val/test/predict loaders serve it: :meth:`dataset` of ``eval_split``, with
+        only the images of 1 to ``eval_max_boxes`` boxes when that is set (a dataset of its own, so a training
+        split that is the same list stays whole)."""
+        full = self.dataset(self.eval_split)
+        if self.eval_max_boxes is None:
+            return full
+        key = f"{self.eval_split} (1-{self.eval_max_boxes} boxes)"
+        if key not in self._data:
+            kept = [r for r in full.records if 1 <= len(r.boxes) <= self.eval_max_boxes]
+            left_out = len(full.records) - len(kept)
+            self.stats[self.eval_split]["left_out_by_box_count"] = left_out
+            log.info("%s %s: %d of %d images have 1 to %d boxes (eval_max_boxes); %d left out", type(self).__name__,
+                     self.eval_split, len(kept), len(full.records), self.eval_max_boxes, left_out)
+            self._data[key] = BoxDataset(kept, self.image_size, self.mean, self.std)
+        return self._data[key]
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self.dataset(self.train_split)
-        self.dataset(self.eval_split)
+        self.eval_dataset()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=collate_boxes)
+    def _loader(self, data: BoxDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_boxes)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_split, True)
+        return self._loader(self.dataset(self.train_split), True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_split, False)
+        return self._loader(self.eval_dataset(), False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_split, False)
+        return self._loader(self.eval_dataset(), False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_split, False)
+        return self._loader(self.eval_dataset(), False)
 
 
 def parse_voc_xml(path: Path) -> tuple[int, int, list[tuple[str, bool, float, float, float, float]]]:

@@ -26,7 +26,9 @@ class SyntheticBoxesDataModule(WSOLDataModule):
         num_images: images of a generated world (>= 1); ignored when ``root`` already holds a world.
         world_seed: seed of a generated world (>= 0).
         image_size: resize target; default 64 (the world's native size; boxes are rescaled with any other).
-        batch_size, num_workers, on_missing, mean, std: see :class:`data_modules._wsol.WSOLDataModule`.
+        batch_size, num_workers, on_missing, mean, std, eval_max_boxes: see :class:`data_modules._wsol.WSOLDataModule`
+            (``eval_max_boxes: 1`` evaluates on the images with a single object, about half of the default world's
+            validation images; the world's other images hold 2 or 3 objects, each with its own box).
     """
 
     def __init__(self, root: str, num_images: int = 2000, world_seed: int = 0, image_size: int = 64, **kwargs) -> None:

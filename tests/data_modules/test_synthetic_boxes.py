@@ -39,3 +39,21 @@ def test_errors(tmp_path):
         SyntheticBoxesDataModule(str(tmp_path / "w"), num_images=0)
     with pytest.raises(FileNotFoundError, match="no complete synthetic world"):
         SyntheticBoxesDataModule(str(tmp_path / "w")).setup("validate")
+
+
+def test_single_object_evaluation(tmp_path):
+    """eval_max_boxes=1: the val loader serves exactly the val scenes with one instance, in file order."""
+    root = tmp_path / "world"
+    dm = SyntheticBoxesDataModule(str(root), num_images=40, world_seed=3, image_size=32, batch_size=64,
+                                  eval_max_boxes=1)
+    dm.prepare_data()
+    dm.setup("validate")
+    scenes = [load_scene(root, i) for i in range(40)]
+    val = [s for s in scenes if s["split"] == "val"]
+    single = [s["image"] for s in val if len(s["instances"]) == 1]
+    assert 0 < len(single) < len(val)  # the world mixes single- and multi-object images
+    b = next(iter(dm.val_dataloader()))
+    served = [str(dm.eval_dataset().records[i].path.relative_to(root / "images")) for i in b["index"].tolist()]
+    assert served == single and b["num_boxes"].tolist() == [1] * len(single) and b["boxes"].shape[1] == 1
+    assert dm.stats["val"]["left_out_by_box_count"] == len(val) - len(single)
+    assert len(dm.dataset("val")) == len(val)
