@@ -6,7 +6,10 @@ In the method's ``output_dir``, on global rank 0 only, every file atomically:
   :mod:`lit_explain.results`); the JSON also holds the result's metadata and the resolved CLI configuration;
 * ``config.yaml``: the resolved configuration the CLI saved for this run (:func:`save_run_config`);
 * the result's pictures as PNG files (``units/unit_0007.png``, ``filters/filter_0003.png``...);
-* ``report.html`` when the result names a table to browse (:mod:`lit_explain.viz.report`);
+* ``report.html`` when the result names a table to browse (:mod:`lit_explain.viz.report`): a table of one row
+  per (unit, range) in the unit browser, or the result's views of grouped tables
+  (:class:`~lit_explain.results.ReportView`: HINT's concepts per unit, NMF's components per class), whose item
+  pictures are the ones drawn here;
 * TensorBoard (:func:`tensorboard_of`): the result's Markdown text, scalars and pictures;
 * the result's summary, printed.
 
@@ -27,7 +30,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_explain.atomic import atomic_write, atomic_write_text
 from lit_explain.results import MethodResult, write_csv, write_json
-from lit_explain.viz.report import write_report
+from lit_explain.viz.report import write_report, write_view_report
 
 __all__ = ["ResultWriter", "save_run_config", "tensorboard_of"]
 
@@ -81,10 +84,13 @@ class ResultWriter(Callback):
             write_csv(rows, out / f"{name}.csv")
             write_json(rows, out / f"{name}.json", **result.meta, config=config_text)
         drawn = self._draw(result, out) if self.pictures else []
-        if self.report and result.report is not None:
+        if self.report and isinstance(result.report, str):  # one row per (unit, range): the unit browser
             names = {Path(n).name: Path(f"{n}.png") for n, _, _ in drawn}
             write_report(out, result.tables[result.report], {**result.meta, "config": config_text},
                          {k: v for k, v in names.items() if k.startswith("unit_")})
+        elif self.report and result.report:  # grouped tables, browsed through the result's views
+            write_view_report(out, result.tables, result.report, {**result.meta, "config": config_text},
+                              [f"{n}.png" for n, _, _ in drawn])
         self._tensorboard(trainer, result, drawn)
         log.info("wrote %s to %s", ", ".join(f"{len(r)} {n}" for n, r in result.tables.items()), out)
         if self.summary and result.summary:
