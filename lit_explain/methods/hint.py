@@ -47,7 +47,7 @@ from lit_explain.methods.hint_ops import (RegionPixels, channel_norm, class_acti
                                           minmax_normalize, neuron_rows, responsible_mask, sample_region_pixels,
                                           upsample_maps)
 from lit_explain.models.concept_classifiers import LOSSES, ConceptClassifiers, per_concept_accuracy
-from lit_explain.results import MethodResult, Picture
+from lit_explain.results import MethodResult, Picture, ReportView
 
 __all__ = ["HINT", "SALIENCY_MODES", "SHAPLEY_MODES", "BOX_MODES", "GT_MODES", "RUN_OPTIONS"]
 
@@ -483,8 +483,14 @@ class HINT(LayerMethod):
         self.shapley_scores = scores
         shown = plan.concepts[:6]
         pictures = [Picture("concept_maps", self._draw_concept_maps, tag="hint/concept_maps")]
+        flags = ("responsible", "collaborative", "multimodal")  # report.html: a unit's concepts, a concept's units
+        report = (ReportView("units", "hint_neurons", group="unit", item="concept", order="-shapley", flags=flags,
+                             only=("responsible",), links="concepts"),
+                  ReportView("concepts", "hint_neurons", group="concept", item="unit", title="name", order="rank",
+                             flags=flags, only=("responsible",), details="hint_concepts",
+                             summary=("level", "branch", "top_units"), links="units"))
         self.result = MethodResult(tables={"hint_neurons": rows, "hint_concepts": concept_rows}, meta=meta,
-                                   summary=summary, pictures=pictures,
+                                   summary=summary, pictures=pictures, report=report,
                                    scalars={"hint/collaborative_units": float(len(collab)),
                                             "hint/multimodal_units": float(len(multi))},
                                    markdown={"hint/concept_maps": "Each row: the image, then the maps of "

@@ -64,7 +64,7 @@ from lit_explain.job_cache import JobCache
 from lit_explain.methods.base import LayerMethod
 from lit_explain.methods.nmf_ops import (LayerHead, cell_window, class_probability, component_shares, crop_cells,
                                          fill_corner, image_codes, paste_patch, select_class_images, top_loadings)
-from lit_explain.results import MethodResult, Picture
+from lit_explain.results import MethodResult, Picture, ReportView
 
 __all__ = ["NMFConcepts", "RELEVANCE_MODES", "TARGETS", "SWAP_READS", "STRIP_AXES"]
 
@@ -768,7 +768,12 @@ class NMFConcepts(LayerMethod):
             tables["contrasts"] = contrast_rows
         if getattr(self, "contrastive_rows", None):
             tables["contrastive_components"] = self.contrastive_rows
+        report = ReportView("classes", "components", group="class", item="component", title="class_name",
+                            order="component", picture="prototype_picture", details="classes",
+                            columns=("component", "share", "top_units", "loadings", "top_cosine", "top_cosine_excl"),
+                            summary=("status", "p_all", "hit_all", "p_excl", "hit_excl"))
         return MethodResult(tables=tables, meta=meta, pictures=pictures, summary=summary, scalars=scalars,
+                            report=(report,),
                             data={"components": self.components, "classes": fitted, "selected": selected,
                                   "predictions": preds, "prediction_test": summary_vals})
 

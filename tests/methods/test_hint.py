@@ -10,6 +10,7 @@ regions are the class objects (lit_explain.synth.planted_hint).
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -93,6 +94,41 @@ def test_planted_units_rank_first_and_or_units_collaborate(world, fitted):
     summary = {r["concept"]: r for r in read_csv(tmp / "out" / "hint_concepts.csv")}
     assert summary["warm"]["top_units"].split()[0] == str(HINT_UNITS.index("red OR orange"))
     assert int(summary["red"]["positive_pixels"]) > 0
+    # report.html browses hint_neurons by unit and by concept (rendered in Chromium in test_report_...)
+    text = (tmp / "out" / "report.html").read_text()
+    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', text, re.S)[1])
+    assert [(v["name"], v["group"], v["item"]) for v in data["views"]] == [("units", "unit", "concept"),
+                                                                            ("concepts", "concept", "unit")]
+    assert data["tables"]["hint_neurons"] == json.loads((tmp / "out" / "hint_neurons.json").read_text())["rows"]
+    collab = len({r["unit"] for r in rows if r["collaborative"] == "True"})
+    assert f"<div><b>{collab}</b><span>collaborative units</span></div>" in text and collab >= 2
+
+
+def test_report_lists_the_concepts_of_the_planted_units(world, fitted, tmp_path):
+    """The run's report.html in Chromium: the OR unit lists the two sibling colours it is responsible for, and the
+    concept 'warm' lists that unit first."""
+    from tests.viz.test_report import _browser, _check_loaded
+    from tests.viz.test_view_report import _ViewPage
+
+    m, _ = fitted
+    out, before = tmp_path / "out", m.hparams.output_dir
+    m.hparams.output_dir = str(out)
+    try:
+        _trainer(callbacks=default_callbacks(m)).predict(m, _dm(world), return_predictions=False)
+    finally:
+        m.hparams.output_dir = before
+    rows = read_csv(out / "hint_neurons.csv")
+    unit = str(HINT_UNITS.index("red OR orange"))
+    page = _ViewPage(_browser(f"{(out / 'report.html').as_uri()}#v=units&g={unit}", tmp_path, "--dump-dom"))
+    _check_loaded(page)
+    listed = dict(page.listing())
+    assert sorted(listed, key=int) == sorted({r["unit"] for r in rows if r["responsible"] == "True"}, key=int)
+    want = [r["concept"] for r in sorted((r for r in rows if r["unit"] == unit and r["responsible"] == "True"),
+                                         key=lambda r: -float(r["shapley"]))]
+    assert listed[unit] == want and {"red", "orange"} <= set(want) and page.h2[0].strip() == f"unit {unit}"
+    page = _ViewPage(_browser(f"{(out / 'report.html').as_uri()}#v=concepts&g=warm", tmp_path, "--dump-dom"))
+    _check_loaded(page)
+    assert dict(page.listing())["warm"][0] == unit and page.h2[0].strip().startswith("concept warm")
 
 
 def test_wsol_localises_the_planted_objects(world, fitted):

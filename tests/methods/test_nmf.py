@@ -113,6 +113,30 @@ def test_tables_pictures_and_tests(fitted):
     assert {NMF_UNITS[int(r["top_units"].split()[0])] for r in main} <= {"red", "blue"}
 
 
+def test_report_shows_each_class_with_its_components_and_strips(fitted, tmp_path):
+    """The fit's report.html in Chromium: every class with its components in order, the selected class's prototype
+    strips drawn from disk and its prediction-from-components numbers."""
+    from urllib.parse import quote
+
+    from tests.viz.test_report import _browser, _check_loaded
+    from tests.viz.test_view_report import _ViewPage
+
+    _, tmp = fitted
+    out = tmp / "out"
+    comps, classes = read_csv(out / "components.csv"), read_csv(out / "classes.csv")
+    pick = classes[1]
+    page = _ViewPage(_browser(f"{(out / 'report.html').as_uri()}#v=classes&g={pick['class']}", tmp_path,
+                              "--dump-dom"))
+    _check_loaded(page)
+    own = lambda c: sorted((r for r in comps if r["class"] == c), key=lambda r: int(r["component"]))  # noqa: E731
+    assert page.listing() == [(c["class"], [r["component"] for r in own(c["class"])]) for c in classes]
+    assert page.h2[0].strip() == f"class {pick['class']} {pick['class_name']}"
+    imgs = page.find("img")
+    assert [i["src"] for i in imgs] == [quote(r["prototype_picture"]) for r in own(pick["class"])]
+    assert all(i["data-loaded"] == "1" for i in imgs) and len(imgs) == 4
+    assert "hit_all\u2713" in {t for a, t in page.trs if not a}  # the class's prediction test, a hit
+
+
 def test_interrupted_fit_resumes_per_class(world, tmp_path, monkeypatch, fitted):
     import lit_explain.methods.nmf as nmf_module
 
