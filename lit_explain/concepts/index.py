@@ -11,7 +11,11 @@ annotations are stored once, deduplicated, as
 
 That is 12 bytes per (pixel, concept) entry in memory (Broden/ADE at 112x112: about 0.7 G entries, 8 GB), and
 nothing else of size E is kept: the slot of an entry among its pixel's entries, needed to lay images out as
-dense label planes, is derived per query.
+dense label planes, is derived per query. Nothing else of size E is made either: the passes over the whole index
+(validation, image pointers, depth, areas) walk it in blocks of :data:`BLOCK` entries, and the per-image queries
+(:meth:`ConceptIndex.label_planes`, :meth:`ConceptIndex.concept_areas` of some images) in groups of images of at
+most ``max_entries`` entries, so their temporaries (several int64 arrays per entry) stay bounded however many
+images a caller asks for.
 
 From it, the intersection of any dataset bitmap with *every* concept is one sparse product, which is what
 NetDissect's tally and the exact compositional search need.
@@ -31,7 +35,11 @@ import torch
 
 from lit_explain.activations.bitmaps import set_pixels
 
-__all__ = ["ConceptIndex"]
+__all__ = ["BLOCK", "ConceptIndex"]
+
+#: Entries per step of the passes over the whole index and per group of the per-image queries: their temporaries
+#: (at most about ten int64 arrays of this length, ~80 MB) never grow with the dataset.
+BLOCK = 1 << 20
 
 
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
@@ -69,29 +77,41 @@ class ConceptIndex:
         self.mask_shape = (int(self.mask_shape[0]), int(self.mask_shape[1]))
         if self.pixel_offsets.shape != self.pixel_concepts.shape:
             raise ValueError("pixel_offsets and pixel_concepts must have the same shape")
-        if self.pixel_offsets.numel() and bool((self.pixel_offsets[1:] < self.pixel_offsets[:-1]).any()):
-            order = torch.argsort(self.pixel_offsets, stable=True)
+        # every pass below walks the entries in blocks: no temporary of size E (the index itself is the only one)
+        if not _blocks_all(self.pixel_offsets, 1, lambda a, b: bool((b >= a).all())):
+            order = torch.argsort(self.pixel_offsets, stable=True)  # unsorted input only (from_dense, tests)
             self.pixel_offsets, self.pixel_concepts = self.pixel_offsets[order], self.pixel_concepts[order]
-        n = self.num_images
-        image_of_entry = self.pixel_offsets // self.pixel_size
+        n, h = self.num_images, self.pixel_size
+        if self.pixel_offsets.numel() and int(self.pixel_offsets[-1]) >= n * h:
+            raise ValueError("pixel_offsets point past the last image")
+        if self.pixel_offsets.numel() and int(self.pixel_offsets[0]) < 0:
+            raise ValueError("pixel_offsets must be >= 0")
+        self._set_pointers()
         if self.pixel_offsets.numel() and bool(self.image_concepts.any()):
             # an image-level label already covers the whole image: drop its pixel entries so nothing counts twice
-            covered = self.image_concepts[image_of_entry, self.pixel_concepts]
-            if bool(covered.any()):
-                keep = ~covered
+            # (Broden's builder drops them per chunk already, so this finds none and copies nothing)
+            covered = sum(int(self._covered(s, e).sum()) for s, e in _spans(self.pixel_offsets.numel(), BLOCK))
+            if covered:
+                keep = torch.cat([~self._covered(s, e) for s, e in _spans(self.pixel_offsets.numel(), BLOCK)])
                 self.pixel_offsets, self.pixel_concepts = self.pixel_offsets[keep], self.pixel_concepts[keep]
-                image_of_entry = image_of_entry[keep]
-        if self.pixel_offsets.numel() and int(image_of_entry[-1]) >= n:
-            raise ValueError("pixel_offsets point past the last image")
-        self.image_ptr = torch.zeros(n + 1, dtype=torch.int64)
-        self.image_ptr[1:] = torch.cumsum(torch.bincount(image_of_entry, minlength=n), 0)
+                self._set_pointers()
         self._image_areas: torch.Tensor | None = None
         # depth = the most concepts on one pixel: entries are sorted by offset, so m + 1 concepts share a pixel iff
-        # some entry equals the one m places later (one comparison pass per level, no (E,) index arrays)
+        # some entry equals the one m places later (one comparison pass per level, in blocks)
         offs = self.pixel_offsets
         self.depth = 1 if offs.numel() else 0
-        while self.depth < offs.numel() and bool((offs[self.depth :] == offs[: -self.depth]).any()):
+        while self.depth < offs.numel() and not _blocks_all(offs, self.depth, lambda a, b: not bool((a == b).any())):
             self.depth += 1
+
+    def _set_pointers(self) -> None:
+        """``image_ptr`` (N+1,): entries of image i are ``image_ptr[i]:image_ptr[i+1]`` (offsets are sorted, so a
+        binary search of each image's first offset; no per-entry array)."""
+        starts = torch.arange(self.num_images + 1, dtype=torch.int64) * self.pixel_size
+        self.image_ptr = torch.searchsorted(self.pixel_offsets, starts)
+
+    def _covered(self, s: int, e: int) -> torch.Tensor:
+        """(e - s,) bool: entries s..e-1 whose concept is image-level in their image."""
+        return self.image_concepts[self.pixel_offsets[s:e] // self.pixel_size, self.pixel_concepts[s:e].to(torch.int64)]
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -160,26 +180,71 @@ class ConceptIndex:
         return cls(torch.from_numpy(cat(offsets)), torch.from_numpy(cat(concepts)), torch.from_numpy(image_concepts), (sh, sw))
 
     # ------------------------------------------------------------------ totals
-    def concept_areas(self) -> torch.Tensor:
-        """(C,) int64: total annotated pixels per concept; an image-level label counts H pixels per image."""
-        pix = torch.bincount(self.pixel_concepts, minlength=self.num_concepts)
-        return pix + self.image_concepts.sum(0).to(torch.int64) * self.pixel_size
+    def concept_areas(self, image_ids: torch.Tensor | None = None, max_entries: int | None = None) -> torch.Tensor:
+        """(C,) int64: annotated pixels per concept over the dataset, or over the images ``image_ids`` (each
+        counted as often as it is listed); an image-level label counts H pixels per image. Entries are counted in
+        groups of images of at most ``max_entries`` (default :data:`BLOCK`) entries, without the (N, C) table of
+        :meth:`image_areas`."""
+        c = self.num_concepts
+        if image_ids is None:
+            pix = torch.zeros(c, dtype=torch.int64)
+            for s, e in _spans(self.pixel_concepts.numel(), BLOCK):
+                pix += torch.bincount(self.pixel_concepts[s:e], minlength=c)
+            return pix + self.image_concepts.sum(0).to(torch.int64) * self.pixel_size
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        pix = torch.zeros(c, dtype=torch.int64)
+        for s, e in self._image_groups(image_ids, max_entries):
+            pix += torch.bincount(self._entries(image_ids[s:e])[2], minlength=c)
+        return pix + self.image_concepts[image_ids].sum(0).to(torch.int64) * self.pixel_size
 
     def image_areas(self) -> torch.Tensor:
-        """(N, C) int32: annotated pixels per (image, concept), image-level labels as H. Cached."""
+        """(N, C) int32: annotated pixels per (image, concept), image-level labels as H. Cached.
+
+        Its size grows with N * C; :meth:`concept_areas` gives sums over images without it."""
         if self._image_areas is None:
-            img = self.pixel_offsets // self.pixel_size
-            flat = torch.bincount(img * self.num_concepts + self.pixel_concepts, minlength=self.num_images * self.num_concepts)
-            areas = flat.view(self.num_images, self.num_concepts)
-            areas = torch.where(self.image_concepts, torch.full_like(areas, self.pixel_size), areas)
-            self._image_areas = areas.to(torch.int32)
+            n, c, h = self.num_images, self.num_concepts, self.pixel_size
+            areas = torch.zeros(n, c, dtype=torch.int32)
+            ptr = self.image_ptr
+            for s, e in self._image_groups(torch.arange(n), BLOCK, max_images=max(1, BLOCK // max(c, 1))):
+                e0, e1 = int(ptr[s]), int(ptr[e])
+                img = self.pixel_offsets[e0:e1] // h - s
+                flat = torch.bincount(img * c + self.pixel_concepts[e0:e1], minlength=(e - s) * c)
+                areas[s:e] = flat.view(e - s, c).to(torch.int32)
+            areas[self.image_concepts] = h
+            self._image_areas = areas
         return self._image_areas
 
     def concept_image_counts(self) -> torch.Tensor:
-        """(C,) int64: number of images in which each concept occurs."""
-        return (self.image_areas() > 0).sum(0).to(torch.int64)
+        """(C,) int64: number of images in which each concept occurs (in groups of images, without the (N, C)
+        table of :meth:`image_areas` unless it is cached already)."""
+        if self._image_areas is not None:
+            return (self._image_areas > 0).sum(0).to(torch.int64)
+        n, c, h = self.num_images, self.num_concepts, self.pixel_size
+        out = self.image_concepts.sum(0).to(torch.int64)
+        for s, e in self._image_groups(torch.arange(n), BLOCK, max_images=max(1, BLOCK // max(c, 1))):
+            e0, e1 = int(self.image_ptr[s]), int(self.image_ptr[e])
+            img = self.pixel_offsets[e0:e1] // h - s
+            present = torch.bincount(img * c + self.pixel_concepts[e0:e1], minlength=(e - s) * c) > 0
+            out += present.view(e - s, c).sum(0)  # pixel entries of image-level concepts were dropped: no overlap
+        return out
 
     # ------------------------------------------------------------------ slicing
+    def _image_groups(self, image_ids: torch.Tensor, max_entries: int | None, max_images: int | None = None):
+        """Consecutive position ranges ``(s, e)`` of ``image_ids`` whose entries total at most ``max_entries``
+        (at least one image per range; at most ``max_images`` images when given)."""
+        image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
+        max_entries = BLOCK if max_entries is None else int(max_entries)
+        counts = (self.image_ptr[image_ids + 1] - self.image_ptr[image_ids]).numpy()
+        ends = np.cumsum(counts)
+        s, n = 0, len(counts)
+        while s < n:
+            base = int(ends[s - 1]) if s else 0
+            e = max(s + 1, int(np.searchsorted(ends, base + max_entries, side="right")))
+            if max_images is not None:
+                e = min(e, s + max_images)
+            yield s, e
+            s = e
+
     def _entries(self, image_ids: torch.Tensor, with_slots: bool = False) -> tuple[torch.Tensor, ...]:
         """Entries of the given images: (local image position b, pixel within image, concept[, slot])."""
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
@@ -257,16 +322,20 @@ class ConceptIndex:
             out += (areas.T @ img_level.to(torch.float64)).round().to(torch.int64)
         return out
 
-    def label_planes(self, image_ids: torch.Tensor) -> torch.Tensor:
+    def label_planes(self, image_ids: torch.Tensor, max_entries: int | None = None) -> torch.Tensor:
         """Dense (B, depth, H) int32 concept ids of the given images, -1 where a pixel has fewer concepts.
 
         ``depth`` is the largest number of (pixel-level) concepts on one pixel in the dataset (a handful for
-        Broden: colour, object, parts, material), so this is a small dense view of a batch of images.
+        Broden: colour, object, parts, material), so this is a small dense view of a batch of images (4 bytes
+        per pixel and plane). The entries are laid out in groups of images of at most ``max_entries`` (default
+        :data:`BLOCK`) entries: the slot computation holds about ten int64 values per entry (80 bytes, twenty
+        times the planes), so a whole batch at once would cost far more than its planes.
         """
         image_ids = torch.as_tensor(image_ids, dtype=torch.int64)
         planes = torch.full((len(image_ids), max(self.depth, 1), self.pixel_size), -1, dtype=torch.int32)
-        b, pix, con, slot = self._entries(image_ids, with_slots=True)
-        planes[b, slot, pix] = con.to(torch.int32)
+        for s, e in self._image_groups(image_ids, max_entries):  # bounded temporaries whatever the batch
+            b, pix, con, slot = self._entries(image_ids[s:e], with_slots=True)
+            planes[s + b, slot, pix] = con.to(torch.int32)
         return planes
 
     def _on_pixel_labels(self, bitmaps: torch.Tensor, image_ids: torch.Tensor,
@@ -405,7 +474,8 @@ class ConceptIndex:
         """Content hash, used in cache keys of everything derived from this index."""
         h = hashlib.sha256()
         for t in (self.pixel_offsets, self.pixel_concepts, self.image_concepts):
-            h.update(t.numpy().tobytes())
+            a = t.contiguous().numpy()
+            h.update(memoryview(a.reshape(-1).view(np.uint8)))  # the same bytes as tobytes(), without a copy
         h.update(repr(self.mask_shape).encode())
         return h.hexdigest()[:16]
 
@@ -419,7 +489,7 @@ class ConceptIndex:
                 np.savez(
                     f,
                     pixel_offsets=self.pixel_offsets.numpy(),
-                    pixel_concepts=self.pixel_concepts.numpy().astype(np.int32),
+                    pixel_concepts=self.pixel_concepts.numpy(),  # int32 already: no copy
                     image_concepts=np.packbits(self.image_concepts.numpy(), axis=1),
                     num_concepts=np.int64(self.num_concepts),
                     mask_shape=np.asarray(self.mask_shape, dtype=np.int64),
@@ -435,8 +505,20 @@ class ConceptIndex:
             c = int(z["num_concepts"])
             img = np.unpackbits(z["image_concepts"], axis=1, count=c).astype(bool)
             return cls(
-                torch.from_numpy(z["pixel_offsets"].astype(np.int64)),
+                torch.from_numpy(z["pixel_offsets"].astype(np.int64, copy=False)),
                 torch.from_numpy(z["pixel_concepts"].astype(np.int32, copy=False)),
                 torch.from_numpy(img),
                 tuple(int(x) for x in z["mask_shape"]),
             )
+
+
+def _spans(n: int, step: int) -> list[tuple[int, int]]:
+    """[(s, e)] covering range(n) in steps of ``step``."""
+    return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _blocks_all(x: torch.Tensor, lag: int, ok) -> bool:
+    """Whether ``ok(x[i : i + k], x[i + lag : i + lag + k])`` holds for every block of the pairs (x[j], x[j + lag]),
+    in blocks of :data:`BLOCK` pairs (no temporary of the length of x)."""
+    m = x.numel() - lag
+    return all(ok(x[s:e], x[s + lag : e + lag]) for s, e in _spans(max(m, 0), BLOCK))

@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from lit_explain.concepts import ConceptIndex, ConceptVocabulary
+from lit_explain.concepts.index import BLOCK
 from lit_explain.datasets.broden_tables import (NUM_IDS, BrodenFormatError, BrodenLabels, check_root,
                                                 decode_label_png, read_csv, split_cell)
 from lit_explain.datasets.checks import check_int, check_strings
@@ -98,13 +99,33 @@ class _Row:
 
 
 def _subset_concepts(index: ConceptIndex, keep: np.ndarray) -> ConceptIndex:
-    """The index restricted to the dense concepts ``keep`` (increasing), renumbered 0..len(keep)-1."""
-    lut = torch.full((index.num_concepts,), -1, dtype=torch.int64)
+    """The index restricted to the dense concepts ``keep`` (increasing), renumbered 0..len(keep)-1 (in blocks of
+    entries: besides both indexes, the temporaries stay bounded)."""
+    lut = torch.full((index.num_concepts,), -1, dtype=torch.int32)
     keep_t = torch.as_tensor(keep, dtype=torch.int64)
-    lut[keep_t] = torch.arange(len(keep_t))
-    new = lut[index.pixel_concepts]
-    m = new >= 0
-    return ConceptIndex(index.pixel_offsets[m], new[m], index.image_concepts[:, keep_t], index.mask_shape)
+    lut[keep_t] = torch.arange(len(keep_t), dtype=torch.int32)
+    offsets, concepts = [], []
+    for s in range(0, index.pixel_offsets.numel(), BLOCK):
+        new = lut[index.pixel_concepts[s : s + BLOCK].to(torch.int64)]
+        m = new >= 0
+        offsets.append(index.pixel_offsets[s : s + BLOCK][m])
+        concepts.append(new[m])
+    return ConceptIndex(_cat_freeing(offsets, torch.int64), _cat_freeing(concepts, torch.int32),
+                        index.image_concepts[:, keep_t], index.mask_shape)
+
+
+def _cat_freeing(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """``torch.cat(parts)`` that drops each part from the list once copied: the peak is the result plus the parts
+    not yet copied, not twice the result. Empties the list."""
+    out = torch.empty(sum(len(p) for p in parts), dtype=dtype)
+    pos = 0
+    for i in range(len(parts)):
+        p, parts[i] = parts[i], None
+        out[pos : pos + len(p)] = p
+        pos += len(p)
+        del p
+    parts.clear()
+    return out
 
 
 class _AnnotationView(Dataset):
@@ -472,7 +493,10 @@ class BrodenDataset(Dataset):
             concepts.append(con)
             images.append(img)
             start += len(img)
-        return ConceptIndex(torch.cat(offsets), torch.cat(concepts), torch.cat(images), (sh, sw))
+        # each chunk comes sorted and without pixel entries of its image-level labels, so the index adopts the
+        # concatenations as they are (no further copy); the chunks are freed as they are copied
+        return ConceptIndex(_cat_freeing(offsets, torch.int64), _cat_freeing(concepts, torch.int32),
+                            torch.cat(images), (sh, sw))
 
     def build_concept_index(self, num_workers: int = 0, chunk_size: int = 256) -> ConceptIndex:
         """The sparse concept index of the kept rows over :attr:`vocabulary`, streamed over the images.

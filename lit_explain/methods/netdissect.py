@@ -91,12 +91,18 @@ class NetDissect(DissectionMethod):
 
 def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tensor, thresholds: torch.Tensor,
               index: ConceptIndex, concept_category: torch.Tensor | None = None,
-              pairs_per_step: int = 4096) -> DissectionIoU:
+              pairs_per_step: int = 4096, chunk_values: int = 1 << 23, step_pixels: int = 1 << 24) -> DissectionIoU:
     """The NetDissect tally of cached activations against a concept index, as a (unsynced) DissectionIoU.
 
     Only (image, unit) pairs whose stored per-image maximum reaches the threshold are upsampled and tallied:
     bilinear upsampling is a convex combination, so every other pair has an empty bitmap. At the 0.995
     quantile that is a small fraction of all pairs; the result is identical to tallying dense bitmaps.
+
+    Memory does not grow with the number of images: images are tallied in chunks whose dense label planes hold
+    about ``chunk_values`` values (laid out by :meth:`ConceptIndex.label_planes` in bounded groups), a chunk's
+    active pairs are read from the cache ``pairs_per_step`` at a time (and at most ``step_pixels`` upsampled
+    pixels), and concept areas are summed per chunk (:meth:`ConceptIndex.concept_areas`), never from an
+    (N, C) table.
 
     Args:
         entry: the activation cache entry (N, U_all, h, w) with per-image maxima.
@@ -106,21 +112,25 @@ def tally_iou(entry: ActivationEntry, image_ids: torch.Tensor, units: torch.Tens
         index: the dataset's concept index.
         concept_category: optional (C,) category codes for NetDissect-Lite's category-restricted union.
         pairs_per_step: pairs upsampled at once (memory: pairs * mask pixels floats).
+        chunk_values: label-plane values (int32) of one chunk of images: chunk size * depth * mask pixels.
+        step_pixels: bound on pairs * mask pixels of one step (the float32 upsampled maps).
     """
     metric = DissectionIoU(len(units), index.num_concepts, concept_category=concept_category)
     thr = thresholds.to(torch.float32)
     units_np = torch.as_tensor(units).numpy()
-    # images per chunk: their dense label planes (chunk x depth x H int32) stay around 2**25 values
-    chunk_size = max(1, min(1024, (1 << 25) // max(1, index.depth * index.pixel_size)))
+    step = max(1, min(int(pairs_per_step), int(step_pixels) // max(1, index.pixel_size)))
+    # images per chunk: their dense label planes (chunk x depth x H int32) stay around chunk_values values
+    chunk_size = max(1, min(1024, int(chunk_values) // max(1, index.depth * index.pixel_size)))
     for chunk in torch.sort(torch.as_tensor(image_ids, dtype=torch.int64)).values.split(chunk_size):
         ids = chunk.numpy()
         planes = (chunk, index.label_planes(chunk))
         maxes = torch.from_numpy(np.array(entry.maxes[ids][:, units_np]))  # (B, U)
         img, unit = torch.nonzero(may_fire(maxes, thr), as_tuple=True)
-        acts = torch.from_numpy(np.asarray(entry.acts[ids[img.numpy()], units_np[unit.numpy()]], dtype=np.float32))
-        for s in range(0, max(len(img), 1), pairs_per_step):
-            sl = slice(s, s + pairs_per_step)
-            bits = unit_bitmaps(acts[sl], index.mask_shape, thr[unit[sl]])  # (P, H)
+        img_np, unit_np = img.numpy(), units_np[unit.numpy()]
+        for s in range(0, max(len(img), 1), step):
+            sl = slice(s, s + step)
+            acts = torch.from_numpy(np.asarray(entry.acts[ids[img_np[sl]], unit_np[sl]], dtype=np.float32))
+            bits = unit_bitmaps(acts, index.mask_shape, thr[unit[sl]])  # (P, H)
             metric.update(bits, chunk[img[sl]], index, pair_units=unit[sl],
                           new_images=chunk if s == 0 else None, planes=planes)
     return metric

@@ -2,7 +2,7 @@
 
 The metric does the bookkeeping (which states, how they are summed, the IoU); the counting of bitmap pixels
 per concept is done by the ``index`` passed to ``update``, any object with the counting methods of
-:class:`lit_explain.concepts.index.ConceptIndex` (``image_areas``, ``intersections``, ``category_hits``,
+:class:`lit_explain.concepts.index.ConceptIndex` (``concept_areas``, ``intersections``, ``category_hits``,
 ``pair_intersections``, ``pair_category_hits``). The metrics layer never imports the concepts layer.
 """
 
@@ -94,8 +94,9 @@ class DissectionIoU(Metric):
                                                (hits.to(torch.int64) * areas[:, None]).to(self.unit_category_area.device))
 
     def _add_images(self, image_ids: torch.Tensor, index: Any) -> None:
-        """Count the concept areas of images (each image exactly once), whatever the units do on them."""
-        self.concept_area += index.image_areas()[image_ids].to(torch.int64).sum(0).to(self.concept_area.device)
+        """Count the concept areas of images (each image exactly once), whatever the units do on them; summed by
+        the index over just these images (no per-(image, concept) table of the whole dataset)."""
+        self.concept_area += index.concept_areas(image_ids).to(torch.int64).to(self.concept_area.device)
         self.num_images += len(image_ids)
 
     def compute(self) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """ConceptIndex against dense brute-force computations on random masks."""
 
+import hashlib
+
 import torch
 
 from lit_explain.concepts.index import ConceptIndex
@@ -109,3 +111,45 @@ def test_set_pixels_lists_the_true_entries_in_row_major_order():
     assert list(zip(p.tolist(), q.tolist())) == ref and p.dtype == q.dtype == torch.int64
     empty = set_pixels(torch.zeros(0, 30, dtype=torch.bool))
     assert empty[0].numel() == 0 and empty[1].numel() == 0
+
+
+def test_blockwise_passes_equal_the_dense_masks(monkeypatch):
+    """The passes over the whole index walk it in blocks of BLOCK entries and the per-image queries in groups of
+    at most max_entries entries (so no temporary grows with the dataset); with blocks of a few entries, unsorted
+    input and pixel entries under image-level labels, everything still equals the dense masks."""
+    import lit_explain.concepts.index as mod
+
+    masks, image_level, _ = _random_problem(seed=5, n=9)
+    ids = torch.tensor([4, 1, 1, 8, 3])  # repeats count twice
+    whole = ConceptIndex.from_dense(masks, image_level)
+    planes_whole = whole.label_planes(ids)
+    monkeypatch.setattr(mod, "BLOCK", 3)
+    n, c, sh, sw = masks.shape
+    img, con, pix = masks.reshape(n, c, -1).nonzero(as_tuple=True)
+    perm = torch.randperm(len(img), generator=torch.Generator().manual_seed(0))  # unsorted, covered entries kept
+    index = ConceptIndex((img * sh * sw + pix)[perm], con[perm], image_level, (sh, sw))
+    dense = _dense(masks, image_level)
+    pixel_only = (masks & ~image_level[:, :, None, None]).flatten(2)  # (N, C, H)
+    assert index.image_ptr.tolist() == [0, *torch.cumsum(pixel_only.sum((1, 2)), 0).tolist()]
+    assert index.depth == int(pixel_only.sum(1).max())
+    assert torch.equal(index.concept_areas(), dense.sum((0, 2, 3)))
+    assert torch.equal(index.concept_areas(ids, max_entries=5), dense[ids].sum((0, 2, 3)))
+    assert torch.equal(index.concept_image_counts(), dense.any(3).any(2).sum(0))
+    assert torch.equal(index.image_areas().long(), dense.sum((2, 3)))
+    # the same concepts on every pixel (their slot order follows the input order of a pixel's entries)
+    assert torch.equal(index.label_planes(ids, max_entries=1).sort(1).values, planes_whole.sort(1).values)
+    assert torch.equal(index.dense_masks(ids), dense[ids])
+    h = hashlib.sha256()  # the fingerprint hashes the arrays' bytes (without copying them)
+    for t in (index.pixel_offsets, index.pixel_concepts, index.image_concepts):
+        h.update(t.numpy().tobytes())
+    h.update(repr(index.mask_shape).encode())
+    assert index.fingerprint() == h.hexdigest()[:16]
+
+
+def test_sorted_input_is_adopted_without_a_copy():
+    masks, image_level, _ = _random_problem(seed=6)
+    index = ConceptIndex.from_dense(masks, image_level)
+    again = ConceptIndex(index.pixel_offsets, index.pixel_concepts, index.image_concepts, index.mask_shape)
+    assert again.pixel_offsets.data_ptr() == index.pixel_offsets.data_ptr()
+    assert again.pixel_concepts.data_ptr() == index.pixel_concepts.data_ptr()
+    assert torch.equal(again.image_ptr, index.image_ptr)

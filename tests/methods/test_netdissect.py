@@ -91,6 +91,19 @@ def test_cached_rerun_is_byte_identical(miniature):
     assert first == second
 
 
+def test_predict_keeps_nothing_per_batch(miniature):
+    """With return_predictions on (Lightning's default when a config leaves it out), Lightning keeps whatever
+    predict_step returns for every batch; the method returns None, so nothing accumulates per image there."""
+    dm = BrodenDataModule(root=str(miniature / "broden"), batch_size=3, cache_dir=str(miniature / "cache"))
+    method = NetDissect(model=MODEL, layer="features", output_dir=str(miniature / "o"),
+                        cache_dir=str(miniature / "cache"), num_pictures=0)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=default_callbacks(method))
+    predictions = trainer.predict(method, datamodule=dm, return_predictions=True)
+    assert len(predictions) == -(-len(dm.dataset) // 3) and all(p is None for p in predictions)
+    assert method.result is not None and len(method.result.tables["explanations"]) > 0
+
+
 def test_wrong_layer_name_lists_valid_names(miniature):
     with pytest.raises(ValueError, match="features"):
         dm = BrodenDataModule(root=str(miniature / "broden"), cache_dir=str(miniature / "cache"))

@@ -58,3 +58,37 @@ def test_no_active_pair_anywhere():
     assert metric.intersection.sum() == 0 and metric.unit_area.sum() == 0
     assert np.array_equal(metric.concept_area.numpy(), masks[N // 2:].sum((0, 2)))
     assert int(metric.num_images) == N - N // 2
+
+
+@pytest.mark.parametrize("images", [N // 4, N])
+def test_tally_working_set_does_not_grow_with_the_images(monkeypatch, images):
+    """The tally lays out a chunk's label planes in groups of at most BLOCK entries, holds at most chunk_values
+    plane values and sums concept areas per chunk, never through the (N, C) per-image table: with 4x the images,
+    nothing it handles at once is larger (before, the planes of up to 1,024 images were laid out in one go at
+    ~80 bytes per entry, and every dataset image's areas were tabled)."""
+    import lit_explain.concepts.index as mod
+
+    index, masks, entry = _world()
+    monkeypatch.setattr(mod, "BLOCK", 300)  # one image has at most 2 * 144 entries
+    entries, chunks = [], []
+    orig_entries, orig_planes = ConceptIndex._entries, ConceptIndex.label_planes
+
+    def spy_entries(self, image_ids, with_slots=False):
+        out = orig_entries(self, image_ids, with_slots)
+        entries.append(len(out[0]))
+        return out
+
+    def spy_planes(self, image_ids, max_entries=None):
+        chunks.append(len(image_ids))
+        return orig_planes(self, image_ids, max_entries)
+
+    monkeypatch.setattr(ConceptIndex, "_entries", spy_entries)
+    monkeypatch.setattr(ConceptIndex, "label_planes", spy_planes)
+    thr = torch.full((U,), 0.3)
+    metric = tally_iou(entry, torch.arange(images), torch.arange(U), thr, index,
+                       chunk_values=3 * index.depth * S * S)
+    inter, unit_area, concept_area = _dense(entry.acts[:images], thr, masks[:images])
+    assert np.array_equal(metric.intersection.numpy(), inter) and inter.sum() > 0
+    assert np.array_equal(metric.concept_area.numpy(), concept_area)
+    assert max(entries) <= 300 and max(chunks) <= 3
+    assert index._image_areas is None
