@@ -193,14 +193,17 @@ class BrodenDataModule(lightning.LightningDataModule):
 
         The cache is keyed by :meth:`BrodenDataset.fingerprint`; the ``.npz`` (ConceptIndex.save) and a ``.json``
         (vocabulary, sizes) are each written atomically, the json last. A cache whose files are missing,
-        truncated, corrupt or inconsistent is rebuilt.
+        truncated, corrupt or inconsistent is rebuilt. The index's per-entry arrays are memory-mapped (from the
+        cache, or from the unlinked files the build writes beside it), so its size, which grows with the
+        annotated pixels, costs page cache shared by the ranks rather than each process's memory.
         """
         if self._concept_index is None:
             self.setup()
             npz, meta_path = self._cache_paths()
             index = self._load_cache(npz, meta_path)
             if index is None:
-                index = self.dataset.build_concept_index(num_workers=self.num_workers)
+                # built out of core: the per-entry arrays go to unlinked files beside the cache and are mapped
+                index = self.dataset.build_concept_index(num_workers=self.num_workers, spill_dir=npz.parent)
                 index.save(npz)
                 meta = {
                     "format": CACHE_FORMAT, "fingerprint": self.dataset.fingerprint(), "npz_bytes": npz.stat().st_size,

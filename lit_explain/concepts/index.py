@@ -500,13 +500,24 @@ class ConceptIndex:
                 os.unlink(tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ConceptIndex":
+    def load(cls, path: str | os.PathLike, mmap: bool = True) -> "ConceptIndex":
+        """Read an index written by :meth:`save`.
+
+        With ``mmap`` (the default) the two per-entry arrays are memory-mapped from the file (copy-on-write) instead
+        of read into memory: they are the index's only part that grows with the annotated pixels (12 bytes per
+        entry), and mapped they live in the page cache, shared by every process of a run and paged in as queries
+        touch them, like the activation store. Their zip CRCs are checked by a streamed read of the file, as
+        ``np.load`` checks them. Any member that cannot be mapped (a compressed archive) is read instead.
+        """
+        maps = _npz_maps(path, ("pixel_offsets", "pixel_concepts")) if mmap else None
         with np.load(path) as z:
             c = int(z["num_concepts"])
             img = np.unpackbits(z["image_concepts"], axis=1, count=c).astype(bool)
+            offsets = maps["pixel_offsets"] if maps else z["pixel_offsets"]
+            concepts = maps["pixel_concepts"] if maps else z["pixel_concepts"]
             return cls(
-                torch.from_numpy(z["pixel_offsets"].astype(np.int64, copy=False)),
-                torch.from_numpy(z["pixel_concepts"].astype(np.int32, copy=False)),
+                torch.from_numpy(offsets.astype(np.int64, copy=False)),
+                torch.from_numpy(concepts.astype(np.int32, copy=False)),
                 torch.from_numpy(img),
                 tuple(int(x) for x in z["mask_shape"]),
             )
@@ -522,3 +533,46 @@ def _blocks_all(x: torch.Tensor, lag: int, ok) -> bool:
     in blocks of :data:`BLOCK` pairs (no temporary of the length of x)."""
     m = x.numel() - lag
     return all(ok(x[s:e], x[s + lag : e + lag]) for s, e in _spans(max(m, 0), BLOCK))
+
+
+def _npz_maps(path: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Copy-on-write memory maps of 1-D members of an uncompressed ``.npz`` (each member's bytes lie contiguous in
+    the file after its zip local header and its ``.npy`` header), after checking each member's CRC-32 by reading
+    the file in 16 MiB pieces (through the page cache, not this process's memory). None when a member is
+    compressed, not 1-D or not C-ordered; raises ``zipfile.BadZipFile`` on a CRC mismatch."""
+    import struct
+    import zipfile
+    import zlib
+
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as f:
+        for name in names:
+            info = zf.getinfo(f"{name}.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                return None
+            f.seek(info.header_offset)
+            head = f.read(30)
+            if len(head) != 30 or head[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"{path}: bad local header of {info.filename}")
+            start = info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30]))
+            f.seek(start)
+            crc, left = 0, info.file_size
+            while left:
+                buf = f.read(min(left, 1 << 24))
+                if not buf:
+                    raise zipfile.BadZipFile(f"{path}: {info.filename} is truncated")
+                crc, left = zlib.crc32(buf, crc), left - len(buf)
+            if crc != info.CRC:
+                raise zipfile.BadZipFile(f"{path}: bad CRC-32 of {info.filename}")
+            f.seek(start)
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if len(shape) != 1 or fortran or dtype.hasobject:
+                return None
+            offset = f.tell()
+            if offset - start + shape[0] * dtype.itemsize != info.file_size:
+                raise zipfile.BadZipFile(f"{path}: {info.filename} has the wrong size")
+            out[name] = np.memmap(path, dtype=dtype, mode="c", shape=shape, offset=offset) if shape[0] else \
+                np.zeros(shape, dtype)
+    return out

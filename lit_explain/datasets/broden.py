@@ -55,6 +55,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -98,34 +99,61 @@ class _Row:
 
 
 
-def _subset_concepts(index: ConceptIndex, keep: np.ndarray) -> ConceptIndex:
+def _subset_concepts(index: ConceptIndex, keep: np.ndarray, spill_dir: str | Path | None = None) -> ConceptIndex:
     """The index restricted to the dense concepts ``keep`` (increasing), renumbered 0..len(keep)-1 (in blocks of
-    entries: besides both indexes, the temporaries stay bounded)."""
+    entries, into a :class:`_Column` each: the temporaries stay bounded)."""
     lut = torch.full((index.num_concepts,), -1, dtype=torch.int32)
     keep_t = torch.as_tensor(keep, dtype=torch.int64)
     lut[keep_t] = torch.arange(len(keep_t), dtype=torch.int32)
-    offsets, concepts = [], []
+    offsets, concepts = _Column(np.int64, spill_dir), _Column(np.int32, spill_dir)
     for s in range(0, index.pixel_offsets.numel(), BLOCK):
         new = lut[index.pixel_concepts[s : s + BLOCK].to(torch.int64)]
         m = new >= 0
         offsets.append(index.pixel_offsets[s : s + BLOCK][m])
         concepts.append(new[m])
-    return ConceptIndex(_cat_freeing(offsets, torch.int64), _cat_freeing(concepts, torch.int32),
-                        index.image_concepts[:, keep_t], index.mask_shape)
+    return ConceptIndex(offsets.finish(), concepts.finish(), index.image_concepts[:, keep_t], index.mask_shape)
 
 
-def _cat_freeing(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """``torch.cat(parts)`` that drops each part from the list once copied: the peak is the result plus the parts
-    not yet copied, not twice the result. Empties the list."""
-    out = torch.empty(sum(len(p) for p in parts), dtype=dtype)
-    pos = 0
-    for i in range(len(parts)):
-        p, parts[i] = parts[i], None
-        out[pos : pos + len(p)] = p
-        pos += len(p)
-        del p
-    parts.clear()
-    return out
+class _Column:
+    """A 1-D array of one dtype built by appending parts, for the per-entry arrays of a concept index.
+
+    In memory, :meth:`finish` concatenates the parts, dropping each once copied (the result plus the parts not yet
+    copied, never twice the result). Given ``spill_dir``, the parts go to an unlinked temporary file there and
+    :meth:`finish` memory-maps it (copy-on-write): the index then takes no memory of its own, only page cache,
+    and the file's space returns when the index is dropped.
+    """
+
+    def __init__(self, dtype: Any, spill_dir: str | Path | None = None) -> None:
+        self.dtype, self.n = np.dtype(dtype), 0
+        self.parts: list[np.ndarray] = []
+        self.file = None
+        if spill_dir is not None:
+            Path(spill_dir).mkdir(parents=True, exist_ok=True)
+            self.file = tempfile.TemporaryFile(dir=spill_dir, prefix="concept_index.", suffix=".spill")
+
+    def append(self, part: torch.Tensor | np.ndarray) -> None:
+        a = np.ascontiguousarray(part.numpy() if isinstance(part, torch.Tensor) else part, dtype=self.dtype)
+        if self.file is None:
+            self.parts.append(a)
+        else:
+            self.file.write(memoryview(a.view(np.uint8)))
+        self.n += len(a)
+
+    def finish(self) -> torch.Tensor:
+        if self.file is None:
+            out = np.empty(self.n, dtype=self.dtype)
+            pos = 0
+            for i in range(len(self.parts)):
+                p, self.parts[i] = self.parts[i], None
+                out[pos : pos + len(p)] = p
+                pos += len(p)
+                del p
+            self.parts = []
+            return torch.from_numpy(out)
+        self.file.flush()
+        out = np.memmap(self.file, dtype=self.dtype, mode="c", shape=(self.n,)) if self.n else np.zeros(0, self.dtype)
+        self.file.close()  # the map keeps the (unlinked) file alive
+        return torch.from_numpy(out)
 
 
 class _AnnotationView(Dataset):
@@ -481,28 +509,33 @@ class BrodenDataset(Dataset):
         self._vocabulary = vocabulary
 
     # ------------------------------------------------------------------ concept index
-    def _build(self, vocab: ConceptVocabulary, num_workers: int, chunk_size: int) -> ConceptIndex:
+    def _build(self, vocab: ConceptVocabulary, num_workers: int, chunk_size: int,
+               spill_dir: str | Path | None = None) -> ConceptIndex:
         lut = np.full(NUM_IDS, -1, dtype=np.int64)
         lut[list(vocab.label_ids)] = np.arange(len(vocab))
         sh, sw = self.mask_shape
         collate = _ChunkIndexer(lut, len(vocab), (sh, sw))
         loader = DataLoader(_AnnotationView(self), batch_size=chunk_size, num_workers=num_workers, collate_fn=collate)
-        offsets, concepts, images, start = [], [], [], 0
+        offsets, concepts = _Column(np.int64, spill_dir), _Column(np.int32, spill_dir)
+        images, start = [], 0
         for off, con, img in loader:  # in order: chunk k holds rows [start, start + len(chunk))
             offsets.append(off + start * sh * sw)
             concepts.append(con)
             images.append(img)
             start += len(img)
         # each chunk comes sorted and without pixel entries of its image-level labels, so the index adopts the
-        # concatenations as they are (no further copy); the chunks are freed as they are copied
-        return ConceptIndex(_cat_freeing(offsets, torch.int64), _cat_freeing(concepts, torch.int32),
-                            torch.cat(images), (sh, sw))
+        # columns as they are (no further copy)
+        return ConceptIndex(offsets.finish(), concepts.finish(), torch.cat(images), (sh, sw))
 
-    def build_concept_index(self, num_workers: int = 0, chunk_size: int = 256) -> ConceptIndex:
+    def build_concept_index(self, num_workers: int = 0, chunk_size: int = 64,
+                            spill_dir: str | Path | None = None) -> ConceptIndex:
         """The sparse concept index of the kept rows over :attr:`vocabulary`, streamed over the images.
 
-        Only ``chunk_size`` images' planes are held at a time; ``num_workers`` DataLoader workers decode PNGs in
-        parallel, in order (the result does not depend on either). With ``min_image_count`` > 0 and no
+        Only ``chunk_size`` images' planes and their entries are held at a time (about 40 bytes per entry while
+        a chunk is indexed); ``num_workers`` DataLoader workers decode PNGs in parallel, in order (the result
+        does not depend on either). The index's per-entry arrays (12 bytes per entry) are held in memory, or,
+        with ``spill_dir``, written to unlinked temporary files in that folder and memory-mapped, so that
+        building an index of any size needs a bounded amount of memory. With ``min_image_count`` > 0 and no
         vocabulary yet, the index is built over all candidate labels, the vocabulary is set to those in at
         least ``min_image_count`` images, and the index is restricted to it.
         """
@@ -510,15 +543,15 @@ class BrodenDataset(Dataset):
             return self._index_cache
         if self.vocabulary_needs_pass:
             cand = self._candidates()
-            full = self._build(cand, num_workers, chunk_size)
+            full = self._build(cand, num_workers, chunk_size, spill_dir)
             keep = np.flatnonzero(full.concept_image_counts().numpy() >= self.min_image_count)
             if not len(keep):
                 raise ValueError(f"no concept occurs in {self.min_image_count} of the {len(self)} selected Broden images; "
                                  f"lower `min_image_count`")
             self._vocabulary = cand.subset(keep.tolist())
-            self._index_cache = _subset_concepts(full, keep)
+            self._index_cache = _subset_concepts(full, keep, spill_dir)
             return self._index_cache
-        return self._build(self.vocabulary, num_workers, chunk_size)
+        return self._build(self.vocabulary, num_workers, chunk_size, spill_dir)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -1,10 +1,13 @@
 """ConceptIndex against dense brute-force computations on random masks."""
 
 import hashlib
+import zipfile
 
+import pytest
 import torch
 
 from lit_explain.concepts.index import ConceptIndex
+from tests.helpers.maps import mapped_file
 
 
 def _random_problem(seed=0, n=7, c=5, sh=6, sw=5, u=4):
@@ -80,11 +83,19 @@ def test_save_load_roundtrip(tmp_path):
     masks, image_level, bitmaps = _random_problem(seed=3)
     index = ConceptIndex.from_dense(masks, image_level)
     index.save(tmp_path / "idx.npz")
-    back = ConceptIndex.load(tmp_path / "idx.npz")
-    assert back.fingerprint() == index.fingerprint()
-    ids = torch.arange(7)
-    assert torch.equal(back.intersections(bitmaps, ids), index.intersections(bitmaps, ids))
+    for mmap in (True, False):
+        back = ConceptIndex.load(tmp_path / "idx.npz", mmap=mmap)
+        assert back.fingerprint() == index.fingerprint()
+        for t in (back.pixel_offsets, back.pixel_concepts):  # mapped from the file, or read into memory
+            assert mapped_file(t) == (str(tmp_path / "idx.npz") if mmap else "")
+        ids = torch.arange(7)
+        assert torch.equal(back.intersections(bitmaps, ids), index.intersections(bitmaps, ids))
     assert [p.name for p in tmp_path.iterdir()] == ["idx.npz"]  # no temporary left behind
+    data = bytearray((tmp_path / "idx.npz").read_bytes())
+    data[data.find(index.pixel_offsets.numpy().tobytes()) + 3] ^= 1  # one bit of the mapped offsets
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    with pytest.raises(zipfile.BadZipFile, match="CRC"):
+        ConceptIndex.load(tmp_path / "bad.npz")
 
 
 def test_label_planes_hold_every_pixel_concept():

@@ -17,6 +17,7 @@ from PIL import Image
 
 from data_modules.broden import BrodenDataModule, BrodenDataset, BrodenFormatError
 from lit_explain.concepts import ConceptIndex
+from tests.helpers.maps import mapped_file
 from tests.fixtures.broden_writer import (
     MINIATURE_LABELS,
     MINIATURE_PRIMARY,
@@ -404,6 +405,27 @@ def test_concept_index_cache_reuse_and_corrupt_rebuild(broden_miniature, tmp_pat
         BrodenDataModule(**kw).concept_index()
     assert len(calls) == 3 and json.loads(files[0].read_text())["num_entries"] == int(first.pixel_offsets.numel())
     assert not [p for p in files[0].parent.iterdir() if p.suffix == ".tmp"]
+
+
+@pytest.mark.parametrize("min_image_count", [0, 2])
+def test_concept_index_entries_are_mapped_from_files_not_held(broden_miniature, tmp_path, min_image_count):
+    """The index's per-entry arrays (12 bytes per annotated pixel and plane: the part that grows with the data) live
+    in file mappings in the cache folder, whether just built (unlinked build files) or read back (the .npz), never
+    in the process's own memory; and they hold the pixels the fixture wrote."""
+    kw = dict(root=str(broden_miniature.root), cache_dir=str(tmp_path / "cache"), min_image_count=min_image_count)
+    folder = tmp_path / "cache" / "concept_index"
+    built = BrodenDataModule(**kw).concept_index()
+    for t in (built.pixel_offsets, built.pixel_concepts):
+        assert mapped_file(t).startswith(str(folder)) and mapped_file(t).endswith("(deleted)")
+    assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".npz"]  # nothing of the build left behind
+    dm = BrodenDataModule(**kw)
+    read = dm.concept_index()
+    npz = next(folder.glob("*.npz"))
+    assert mapped_file(read.pixel_offsets) == mapped_file(read.pixel_concepts) == str(npz)
+    rows = truth_rows(broden_miniature.images)
+    ids = list(dm.vocabulary.label_ids)
+    for index in (built, read):
+        np.testing.assert_array_equal(index.dense_masks(torch.arange(len(rows))).numpy(), truth_dense(rows, ids))
 
 
 def test_min_count_vocabulary_comes_from_the_cache(broden_miniature, tmp_path, monkeypatch):
