@@ -54,6 +54,9 @@ ACTIVATION_DTYPES = ("float16", "float32")
 #: Why a unit is reported unlabelled (the ``reason`` column of the tables, present when some unit is).
 SILENT_REASON = "no activation above the threshold (dead, constant or saturated unit)"
 
+#: Per-image maxima (images x units) read at a time by top_images / silent_units (16 MB as float32).
+MAXES_BLOCK = 1 << 22
+
 
 def check_tail_fraction(quantile: float, name: str = "quantile") -> float:
     """Validate the one threshold convention of the project: the upper-tail fraction in (0, 0.5).
@@ -436,6 +439,15 @@ class LayerMethod(LightningModule):
             out[mine] = store_unit_quantiles((entry or self.entry).acts, q, units[mine])
         return self._sum_across_ranks(out)
 
+    def _maxes_blocks(self, units: torch.Tensor, entry: ActivationEntry | None = None):
+        """The stored per-image maxima of ``units``, as (first image, (B, U_sel) float32) blocks of at most
+        :data:`MAXES_BLOCK` values in image order: readers of the maxima never hold (N, U_sel) at once."""
+        maxes = (entry or self.entry).maxes
+        cols = units.numpy()
+        step = max(1, MAXES_BLOCK // max(1, len(cols)))
+        for s in range(0, maxes.shape[0], step):
+            yield s, torch.from_numpy(np.asarray(maxes[s : s + step][:, cols], dtype=np.float32))
+
     def top_images(self, units: torch.Tensor, k: int | None = None,
                    entry: ActivationEntry | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The k images of largest maximum activation of each unit, from the stored per-image maxima.
@@ -443,16 +455,22 @@ class LayerMethod(LightningModule):
         Returns:
             (U_sel, k) float32 maxima in descending order and (U_sel, k) int64 dataset indices; ties go to the
             smaller index, so the answer does not depend on batch order or the number of processes. Units with
-            fewer than k images are padded with -inf / -1.
+            fewer than k images are padded with -inf / -1. The maxima are read in blocks of images, keeping the
+            best k so far (they precede the block in index order, so a stable sort keeps the tie rule).
         """
         k = int(self.hparams.top_images if k is None else k)
-        maxes = torch.from_numpy(np.asarray((entry or self.entry).maxes[:, units.numpy()], dtype=np.float32)).T
-        order = torch.sort(maxes, dim=1, descending=True, stable=True)
-        n = min(k, maxes.shape[1])
+        best_v = torch.zeros(len(units), 0)
+        best_i = torch.zeros(len(units), 0, dtype=torch.int64)
+        for s, block in self._maxes_blocks(units, entry):
+            v = torch.cat([best_v, block.T], 1)
+            i = torch.cat([best_i, torch.arange(s, s + len(block)).expand(len(units), -1)], 1)
+            order = torch.sort(v, dim=1, descending=True, stable=True)
+            best_v, best_i = order.values[:, :k], i.gather(1, order.indices[:, :k])
+        n = best_v.shape[1]
         values = torch.full((len(units), k), float("-inf"))
         index = torch.full((len(units), k), -1, dtype=torch.int64)
-        values[:, :n] = order.values[:, :n]
-        index[:, :n] = order.indices[:, :n]
+        values[:, :n] = best_v
+        index[:, :n] = best_i
         return values, index
 
     def silent_units(self, units: torch.Tensor, thresholds: torch.Tensor,
@@ -460,8 +478,9 @@ class LayerMethod(LightningModule):
         """(U_sel,) bool: units with no stored activation strictly above their threshold anywhere in the dataset
         (dead units, constant units, saturated units whose top tail is one repeated value). Such a unit has an empty
         activation region, so every concept scores IoU 0 with it; methods report it unlabelled, with a reason."""
-        maxes = np.asarray((entry or self.entry).maxes[:, units.numpy()], dtype=np.float64)
-        top = torch.from_numpy(maxes.max(axis=0)) if len(maxes) else torch.full((len(units),), float("-inf"))
+        top = torch.full((len(units),), float("-inf"), dtype=torch.float64)
+        for _, block in self._maxes_blocks(units, entry):
+            top = torch.maximum(top, block.to(torch.float64).amax(0))
         return top <= thresholds.to(torch.float64)
 
     def run_meta(self) -> dict[str, Any]:
