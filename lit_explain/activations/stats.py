@@ -188,9 +188,9 @@ def unit_quantiles(chunks: ChunkSource, q: float, bins: int = 1024, gather_cap: 
 def store_unit_quantiles(acts, q: float, units: torch.Tensor | None = None, max_elements: int = 1 << 26) -> torch.Tensor:
     """Exact per-unit quantile ``q`` (numpy 'linear') over every value of an (N, U, h, w) array (e.g. a memmap).
 
-    Units are processed in groups small enough to hold in memory (``max_elements`` values: about 3 copies of
-    them at a time, the read in the storage dtype, the float32 values and kthvalue's working copy); each group
-    is one strided read and two ``kthvalue`` selections per unit. Under DDP, give each rank a different ``units``
+    Units are processed in groups small enough to hold in memory (``max_elements`` values, held once as float32
+    beside the read in the storage dtype); each group is one strided read and one in-place selection of the two
+    order statistics per unit (``numpy.partition``). Under DDP, give each rank a different ``units``
     subset and gather the results: the work splits and the thresholds stay exact.
 
     Returns:
@@ -207,10 +207,13 @@ def store_unit_quantiles(acts, q: float, units: torch.Tensor | None = None, max_
     step = max(1, max_elements // max(per_unit, 1))
     for s in range(0, len(units), step):
         group = units[s : s + step].numpy()
-        # unit-major float32 in one conversion copy (the values of a unit in any order: kthvalue does not care)
-        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(acts[:, group], 1, 0), dtype=np.float32))
-        x = x.reshape(len(group), -1)
-        v0 = torch.kthvalue(x, k0 + 1, dim=1).values.double()
-        v1 = torch.kthvalue(x, k1 + 1, dim=1).values.double() if k1 != k0 else v0
+        # unit-major float32 in one conversion copy (the values of a unit in any order), then the two order
+        # statistics selected in place: no index array and no further copy (torch.kthvalue clones its input and
+        # adds an int64 index per value, 3 times the group's float32 size)
+        x = np.ascontiguousarray(np.moveaxis(acts[:, group], 1, 0), dtype=np.float32).reshape(len(group), -1)
+        x.partition(sorted({k0, k1}), axis=1)
+        v0 = torch.from_numpy(x[:, k0].astype(np.float64))
+        v1 = torch.from_numpy(x[:, k1].astype(np.float64))
         out[s : s + step] = v0 + (v1 - v0) * frac
+        del x
     return out

@@ -9,13 +9,14 @@ annotations are stored once, deduplicated, as
   pair occurs at most once, so a label present in two part planes is counted once (compexp/CCE OR);
 * ``image_concepts`` (N, C) bool: image-level labels (Broden scene, texture) that cover the whole image.
 
-That is 12 bytes per (pixel, concept) entry in memory (Broden/ADE at 112x112: about 0.7 G entries, 8 GB), and
-nothing else of size E is kept: the slot of an entry among its pixel's entries, needed to lay images out as
-dense label planes, is derived per query. Nothing else of size E is made either: the passes over the whole index
-(validation, image pointers, depth, areas) walk it in blocks of :data:`BLOCK` entries, and the per-image queries
-(:meth:`ConceptIndex.label_planes`, :meth:`ConceptIndex.concept_areas` of some images) in groups of images of at
-most ``max_entries`` entries, so their temporaries (several int64 arrays per entry) stay bounded however many
-images a caller asks for.
+That is 12 bytes per (pixel, concept) entry (Broden/ADE at 112x112: about 0.7 G entries, 8 GB), memory-mapped
+from a file when the index comes from :meth:`ConceptIndex.load` (or a build that spills to disk), so it costs
+page cache rather than process memory. Nothing else of size E is kept: the slot of an entry among its pixel's
+entries, needed to lay images out as dense label planes, is derived per query. Nothing else of size E is made
+either: the passes over the whole index (validation, image pointers, depth, areas) walk it in blocks of
+:data:`BLOCK` entries, and the per-image queries (:meth:`ConceptIndex.label_planes`,
+:meth:`ConceptIndex.concept_areas` of some images) in groups of images of at most ``max_entries`` entries, so
+their temporaries (several int64 arrays per entry) stay bounded however many images a caller asks for.
 
 From it, the intersection of any dataset bitmap with *every* concept is one sparse product, which is what
 NetDissect's tally and the exact compositional search need.

@@ -517,15 +517,17 @@ class BrodenDataset(Dataset):
         collate = _ChunkIndexer(lut, len(vocab), (sh, sw))
         loader = DataLoader(_AnnotationView(self), batch_size=chunk_size, num_workers=num_workers, collate_fn=collate)
         offsets, concepts = _Column(np.int64, spill_dir), _Column(np.int32, spill_dir)
-        images, start = [], 0
+        # allocated once: nothing allocated per chunk outlives the chunk (long-lived small blocks between the
+        # chunks' freed arrays would keep the allocator from reusing or returning that memory)
+        images, start = torch.zeros(len(self), len(vocab), dtype=torch.bool), 0
         for off, con, img in loader:  # in order: chunk k holds rows [start, start + len(chunk))
             offsets.append(off + start * sh * sw)
             concepts.append(con)
-            images.append(img)
+            images[start : start + len(img)] = img
             start += len(img)
         # each chunk comes sorted and without pixel entries of its image-level labels, so the index adopts the
         # columns as they are (no further copy)
-        return ConceptIndex(offsets.finish(), concepts.finish(), torch.cat(images), (sh, sw))
+        return ConceptIndex(offsets.finish(), concepts.finish(), images, (sh, sw))
 
     def build_concept_index(self, num_workers: int = 0, chunk_size: int = 64,
                             spill_dir: str | Path | None = None) -> ConceptIndex:
