@@ -28,10 +28,56 @@ from lit_explain.distributed import gather_varlen
 from lit_explain.metrics.functional.concept_retrieval import concept_retrieval_auroc
 from lit_explain.models.clip_files import TINY_CLIP_CONFIG, build_clip, check_model_config, save_clip
 
-__all__ = ["ContrastiveClip"]
+__all__ = ["ContrastiveClip", "caption_positives", "multi_positive_loss"]
+
+LOSSES = ("multi_positive", "clip")
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def caption_positives(present: torch.Tensor, named: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """(N, M) bool: caption j is a positive of image i when i holds every concept j names, or j is i's own caption.
+
+    Args:
+        present: (N, C) bool, the concepts image i holds.
+        named: (M, C) bool, the concepts caption j names (a caption naming nothing is true of every image).
+        owner: (M,) int64, the image each caption was written for (its row in ``present``).
+
+    Concept sets ignore which object a colour belongs to, so "a red circle" counts as true of an image with a red
+    square and a blue circle; with whole-image descriptions such a pair is rare in a batch.
+    """
+    if present.ndim != 2 or named.ndim != 2 or present.shape[1] != named.shape[1] or owner.shape != named.shape[:1]:
+        raise ValueError(f"caption_positives: expected present (N, C), named (M, C), owner (M,), got "
+                         f"{tuple(present.shape)}, {tuple(named.shape)}, {tuple(owner.shape)}")
+    missing = (~present.bool()).float() @ named.float().T  # (N, M): concepts j names that i lacks
+    own = owner[None, :] == torch.arange(present.shape[0], device=owner.device)[:, None]
+    return (missing == 0) | own
+
+
+def multi_positive_loss(image: torch.Tensor, text: torch.Tensor, positives: torch.Tensor,
+                        logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss with several positives: the mean of the image -> caption and caption -> image
+    cross-entropies between ``softmax(logit_scale * cos)`` and the positives, uniformly weighted per row.
+
+    Args:
+        image: (N, D) unit-norm image features.
+        text: (M, D) unit-norm caption features.
+        positives: (N, M) bool (:func:`caption_positives`); every row and column needs one positive.
+        logit_scale: scalar, the inverse temperature (``exp`` of open_clip's ``logit_scale`` parameter).
+
+    With exactly one positive per row and column (a permutation) this is open_clip's ``ClipLoss``.
+    """
+    if positives.shape != (image.shape[0], text.shape[0]):
+        raise ValueError(f"multi_positive_loss: positives must be {(image.shape[0], text.shape[0])}, got "
+                         f"{tuple(positives.shape)}")
+    pos = positives.to(image.dtype)
+    if bool((pos.sum(1) == 0).any()) or bool((pos.sum(0) == 0).any()):
+        raise ValueError("multi_positive_loss: every image and every caption needs at least one positive")
+    logits = logit_scale * image @ text.T
+    to_text = -(pos / pos.sum(1, keepdim=True) * torch.log_softmax(logits, dim=1)).sum(1).mean()
+    to_image = -(pos.T / pos.sum(0)[:, None] * torch.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return 0.5 * (to_text + to_image)
 
 
 class ContrastiveClip(LightningModule):
@@ -44,6 +90,8 @@ class ContrastiveClip(LightningModule):
         concepts: concept names scored in validation, in the order of the batches' ``concepts`` columns; None =
             every synthetic-world concept (:func:`lit_explain.synth.concepts.world_concepts` order).
         template: prompt of a concept, with "{}" where the name goes (WWW's "a photo of a {}").
+        loss: "multi_positive" (every caption true of an image is its positive; needs ``concepts`` and
+            ``caption_concepts`` in the batches) or "clip" (open_clip's ClipLoss, one caption per image).
         lr: peak AdamW learning rate, > 0.
         weight_decay: AdamW weight decay (not applied to gains, biases, embeddings and the logit scale), >= 0.
         warmup_fraction: fraction of the steps with a linear warm-up before the cosine decay, in [0, 1).
@@ -58,6 +106,7 @@ class ContrastiveClip(LightningModule):
         name: str = "synth-clip",
         concepts: Sequence[str] | None = None,
         template: str = "a photo of a {}",
+        loss: str = "multi_positive",
         lr: float = 2e-3,
         weight_decay: float = 0.05,
         warmup_fraction: float = 0.1,
@@ -79,6 +128,8 @@ class ContrastiveClip(LightningModule):
             raise ValueError(f"ContrastiveClip: concepts must be non-empty, unique, non-blank names, got {concepts}")
         if "{}" not in template:
             raise ValueError(f"ContrastiveClip: template must contain '{{}}' where the concept goes, got {template!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"ContrastiveClip: loss must be one of {LOSSES}, got {loss!r}")
         if not float(lr) > 0:
             raise ValueError(f"ContrastiveClip: lr must be > 0, got {lr}")
         if float(weight_decay) < 0:
@@ -118,14 +169,47 @@ class ContrastiveClip(LightningModule):
     def _forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tokens = batch["tokens"]
         if tokens.ndim != 2 or tokens.shape[1] != self.context_length:
-            raise ValueError(f"ContrastiveClip: batch['tokens'] must be (B, {self.context_length}) for this model's "
-                             f"text_cfg.context_length, got {tuple(tokens.shape)}; give the data module the same "
-                             "context_length")
+            raise ValueError(f"ContrastiveClip: batch['tokens'] must be (B * K, {self.context_length}) for this "
+                             f"model's text_cfg.context_length, got {tuple(tokens.shape)}; give the data module the "
+                             "same context_length")
         return self.clip(batch["image"], tokens)
+
+    def _multi_positive(self, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> torch.Tensor:
+        img, txt = out["image_features"], out["text_features"]
+        for key in ("concepts", "caption_concepts"):
+            if key not in batch:
+                raise ValueError(f"ContrastiveClip: loss 'multi_positive' needs batch[{key!r}] (the data module's "
+                                 "concepts of images and of captions); use loss 'clip' without them")
+        present, named = batch["concepts"].bool(), batch["caption_concepts"].bool()
+        if txt.shape[0] % img.shape[0] or named.shape != (txt.shape[0], present.shape[1]):
+            raise ValueError(f"ContrastiveClip: {img.shape[0]} images need K captions each and caption_concepts "
+                             f"(captions, C); got {txt.shape[0]} captions, caption_concepts {tuple(named.shape)}, "
+                             f"concepts {tuple(present.shape)}")
+        per_image = txt.shape[0] // img.shape[0]
+        owner = torch.arange(txt.shape[0], device=txt.device) // per_image
+        if self._trainer is not None and self.trainer.world_size > 1:  # the global batch, as ClipLoss gathers it
+            from torch.distributed.nn import all_gather as all_gather_with_grad
+
+            from lit_explain.distributed import all_gather
+
+            world, local = self.trainer.world_size, img.shape[0]  # equal local batches, as ClipLoss assumes
+            img = torch.cat(all_gather_with_grad(img))
+            txt = torch.cat(all_gather_with_grad(txt))
+            present, named = all_gather(present).flatten(0, 1), all_gather(named).flatten(0, 1)
+            owner = (owner[None] + local * torch.arange(world, device=owner.device)[:, None]).flatten()
+        positives = caption_positives(present, named, owner)
+        return multi_positive_loss(img, txt, positives, out["logit_scale"])
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, dict]:
         out = self._forward(batch)
-        loss = self._loss_fn()(out["image_features"], out["text_features"], out["logit_scale"])
+        if self.hparams.loss == "multi_positive":
+            loss = self._multi_positive(batch, out)
+        else:
+            if out["text_features"].shape[0] != out["image_features"].shape[0]:
+                raise ValueError(f"ContrastiveClip: loss 'clip' takes one caption per image, got "
+                                 f"{out['text_features'].shape[0]} captions for {out['image_features'].shape[0]} "
+                                 "images; use captions_per_step 1 or loss 'multi_positive'")
+            loss = self._loss_fn()(out["image_features"], out["text_features"], out["logit_scale"])
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=False, on_epoch=True,
                  batch_size=batch["image"].shape[0], sync_dist=stage != "train")
         return loss, out
