@@ -75,6 +75,21 @@ def test_shipped_config_prints(config, capsys, monkeypatch):
     assert printed["model"]["class_path"] and printed["data"]["class_path"]
 
 
+def test_nested_class_argument_overrides_from_the_command_line(capsys, monkeypatch):
+    """WWW's encoder is a class_path object inside the method: one of its init_args can be changed with a dotted
+    option, and the rest of the object stays as the config wrote it (it used to be replaced by the raw words)."""
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--config", "configs/www_synthetic.yaml", "--model.init_args.encoder.init_args.path",
+              "elsewhere/clip", "--print_config"])
+    assert exc.value.code in (0, None)
+    config = yaml.safe_load((ROOT / "configs/www_synthetic.yaml").read_text())["model"]["init_args"]["encoder"]
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["encoder"]
+    assert printed["class_path"] == config["class_path"]
+    assert printed["init_args"]["path"] == "elsewhere/clip"
+    assert printed["init_args"]["batch_size"] == config["init_args"]["batch_size"]
+
+
 def test_predict_through_the_cli(tmp_path, monkeypatch, caplog):
     make_miniature(tmp_path / "broden")
     monkeypatch.chdir(tmp_path)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from lit_explain import distributed
 from lit_explain.methods.base import SILENT_REASON, LayerMethod
 from lit_explain.methods.www_crops import crop_resize, peak_cells, peak_crop_boxes
-from lit_explain.methods.www_encoders import load_vocabulary
+from lit_explain.methods.www_encoders import ImageTextEncoder, load_vocabulary
 from lit_explain.methods.www_ops import (class_activation_sums, concept_scores, gradient_x_activation,
                                          linear_head_sample_shapley, linear_head_shapley, misprediction_auroc,
                                          percentile_masks, ranked_concepts, reliability, select_concepts,
@@ -161,7 +161,7 @@ class WWW(LayerMethod):
         self,
         model: str,
         layer: str = "fc",
-        encoder: Any = None,
+        encoder: ImageTextEncoder | None = None,
         vocabulary: str = "",
         vocabulary_synonyms: bool = False,
         weights: str = "none",
