@@ -25,8 +25,10 @@ with one clear message when it is missing or holds another architecture.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -109,6 +111,25 @@ def save_clip(model: torch.nn.Module, model_config: dict, folder: str | os.PathL
     return folder
 
 
+class _DropRandomInitNotice(logging.Filter):
+    """open_clip announces "No pretrained weights loaded ... initialized randomly" when a model is built without
+    weights; :func:`load_clip` loads them right after (checking every key and shape), so the notice is wrong there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    notice = _DropRandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
 def _missing(path: Path) -> FileNotFoundError:
     return FileNotFoundError(
         f"CLIP model not found: {path}. There is no download here. For the synthetic world, train it with "
@@ -154,7 +175,8 @@ def load_clip(path: str | os.PathLike, model_name: str | None = None, device: st
         if model_name is not None and stored is not None and model_name != stored:
             raise ValueError(f"{path} holds the CLIP architecture {stored!r}, not {model_name!r}; pass "
                              f"model_name={stored!r} or None")
-        model = open_clip.create_model(f"local-dir:{path}", load_weights=False)
+        with _quiet_random_init():
+            model = open_clip.create_model(f"local-dir:{path}", load_weights=False)
         preprocess = meta.get("preprocess_cfg", {})
         tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -167,7 +189,8 @@ def load_clip(path: str | os.PathLike, model_name: str | None = None, device: st
         if cfg is None:
             raise ValueError(f"unknown open_clip architecture {model_name!r}; register its config with "
                              "open_clip.add_model_config(<json>) first")
-        model = open_clip.create_model(model_name, pretrained=None)
+        with _quiet_random_init():
+            model = open_clip.create_model(model_name, pretrained=None)
         preprocess = {"size": cfg["vision_cfg"].get("image_size", 224), "mean": list(open_clip.OPENAI_DATASET_MEAN),
                       "std": list(open_clip.OPENAI_DATASET_STD)}
         tokenizer = open_clip.get_tokenizer(model_name)

@@ -227,7 +227,9 @@ def test_constructor_validation():
         SyntheticCaptionsDataModule(captions_per_image=0)
 
 
-def test_default_resnet_config_round_trips_through_open_clip(tmp_path):
+def test_default_resnet_config_round_trips_through_open_clip(tmp_path, caplog):
+    import logging
+
     import open_clip
 
     from lit_explain.models.clip_files import TINY_CLIP_CONFIG
@@ -238,7 +240,10 @@ def test_default_resnet_config_round_trips_through_open_clip(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         want = model.encode_image(x)
-        loaded, _, _ = load_clip(folder)
+        with caplog.at_level(logging.INFO):
+            loaded, _, _ = load_clip(folder)
+        # open_clip's "initialized randomly" notice is false here: the weights are loaded right after
+        assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
         assert torch.allclose(loaded.encode_image(x), want, atol=1e-6)
         oc, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
         assert torch.allclose(oc.eval().encode_image(x), want, atol=1e-6)
