@@ -1,6 +1,7 @@
 """Speed and memory of NetDissect on the synthetic concept world, against a NetDissect-Lite-style loop.
 
     python bench/netdissect.py [--images 8000] [--layer layer3] [--ref-images 300]
+    python bench/netdissect.py --memory 250,500,1000 [--memory-model torchvision:resnet18 --layer layer4]
 
 Measures, in one run on the same data:
 
@@ -16,12 +17,27 @@ Measures, in one run on the same data:
 * peak resident memory and the cache size against the fp16 size N*U*h*w*2.
 
 Prints a markdown table (paste it into the README).
+
+``--memory N1,N2,...`` measures instead how NetDissect's memory grows with the number of images: it writes a
+Broden-format folder of 224x224 images where every pixel carries a colour, an object and a part label (112x112
+label maps, a scene label per image: the densest annotation, the worst case for the concept index), then runs
+the real predict loop (data module, activation capture, thresholds, tally, result writer; random weights, cold
+caches) on the first N images, once per N, each in a fresh process. Per run it reports the peak resident memory
+(the kernel's ``ru_maxrss``: it includes the resident pages of the memory-mapped files, the activation cache and
+the concept index, which the kernel can drop and re-read) and the peak anonymous memory (``RssAnon`` polled by
+the parent every 2 ms: the process's own memory); then the growth per image between the smallest and the
+largest N.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -129,6 +145,134 @@ def broden_scale(images: int, ref_images: int, seed: int = 0) -> list[tuple[str,
     ]
 
 
+# ---------------------------------------------------------------------------------------------- memory growth
+def write_dense_broden(root: Path, images: int, image_size: int = 224, mask_size: int = 112, seed: int = 0) -> Path:
+    """A Broden-format folder of ``images`` rows where every pixel has a colour, an object and a part label
+    (random 16x16-pixel regions), plus a scene label per image; reused when already complete."""
+    from PIL import Image
+
+    done = root / ".complete"
+    if done.is_file() and done.read_text() == f"{images} {image_size} {mask_size} {seed}":
+        return root
+    (root / "images" / "dense").mkdir(parents=True, exist_ok=True)
+    pools = {"color": [1, 2, 3], "object": [4, 5, 6, 7, 8], "part": [9, 10, 11, 12, 13]}
+    names = {1: "red-c", 2: "green-c", 3: "blue-c", 4: "wall", 5: "floor", 6: "sky", 7: "car", 8: "tree",
+             9: "head", 10: "leg", 11: "wheel", 12: "door", 13: "window", 14: "street-s", 15: "kitchen-s"}
+    cat = {n: ("color" if n <= 3 else "object" if n <= 8 else "part" if n <= 13 else "scene") for n in names}
+    g = np.random.default_rng(seed)
+    rows = []
+    for i in range(images):
+        stem = f"dense/img_{i:06d}"
+        rgb = np.kron(g.integers(0, 256, (image_size // 8, image_size // 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+        Image.fromarray(rgb).save(root / "images" / f"{stem}.jpg", quality=90)
+        cells = []
+        for c, pool in pools.items():
+            blocks = -(-mask_size // 16)
+            ids = np.kron(g.choice(pool, size=(blocks, blocks)), np.ones((16, 16), np.int64))[:mask_size, :mask_size]
+            png = np.stack([ids % 256, ids // 256, np.zeros_like(ids)], -1).astype(np.uint8)
+            Image.fromarray(png, "RGB").save(root / "images" / f"{stem}_{c}.png")
+            cells.append(f"{stem}_{c}.png")
+        rows.append(f"{stem}.jpg,train,{image_size},{image_size},{mask_size},{mask_size},{','.join(cells)},{14 + i % 2}")
+    (root / "index.csv").write_text("image,split,ih,iw,sh,sw,color,object,part,scene\n" + "\n".join(rows) + "\n")
+    (root / "label.csv").write_text("number,name,category,frequency,coverage,syns\n" + "".join(
+        f"{n},{name},{cat[n]}({images}),{images},1.0,\n" for n, name in names.items()))
+    (root / "category.csv").write_text("name,first,last,count,frequency\n" + "".join(
+        f"{c},{min(k for k in names if cat[k] == c)},{max(k for k in names if cat[k] == c)},"
+        f"{sum(cat[k] == c for k in names)},{images}\n" for c in ("color", "object", "part", "scene")))
+    done.write_text(f"{images} {image_size} {mask_size} {seed}")
+    return root
+
+
+def _first_rows(src: Path, dst: Path, n: int) -> Path:
+    """A Broden folder holding the first n rows of ``src`` (its other files linked)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name not in ("index.csv", ".complete") and not (dst / f.name).exists():
+            os.symlink(f.resolve(), dst / f.name)
+    lines = (src / "index.csv").read_text().splitlines(keepends=True)
+    (dst / "index.csv").write_text("".join(lines[: n + 1]))
+    return dst
+
+
+def memory_child(root: str, cache: str, model: str, layer: str) -> None:
+    """One NetDissect predict run as the CLI does it; prints ``MEMORY {json}`` (its memory is measured from the
+    parent, so that no sampling thread of its own changes how the allocator behaves)."""
+    from lightning.pytorch import Trainer
+
+    import lit_explain
+    from callbacks import default_callbacks
+    from lit_explain.methods.netdissect import NetDissect
+
+    t = time.perf_counter()
+    dm = BrodenDataModule(root=root, categories=None, batch_size=32, cache_dir=cache)
+    method = NetDissect(model=model, weights="none", layer=layer, cache_dir=cache, output_dir=f"{cache}/out")
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=default_callbacks(method))
+    trainer.predict(method, datamodule=dm, return_predictions=False)
+    print("MEMORY " + json.dumps({"code": str(Path(lit_explain.__file__).parent.parent), "images": len(dm.dataset),
+                                  "entries": int(method.concept_index.pixel_offsets.numel()),
+                                  "seconds": time.perf_counter() - t}))
+
+
+def _run_measured(cmd: list[str], **kw) -> tuple[str, str, int, float, float]:
+    """Run ``cmd``; return (stdout, stderr, exit status, peak RSS MB from the kernel's ru_maxrss, peak anonymous
+    MB polled from /proc/<pid>/status every 2 ms)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kw)
+        anon = 0
+        while True:
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                anon = max(anon, int(re.search(r"RssAnon:\s+(\d+)", status).group(1)))
+            except (OSError, AttributeError):
+                pass
+            done, code, usage = os.wait4(proc.pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.002)
+        proc.returncode = os.waitstatus_to_exitcode(code)
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read(), proc.returncode, usage.ru_maxrss / 1024, anon / 1024
+
+
+def memory_growth(sizes: list[int], root: Path, model: str, layer: str) -> None:
+    """Run :func:`memory_child` on the first N images for each N (cold caches, fresh processes); print a table
+    and the growth per image."""
+    import shutil
+
+    full = write_dense_broden(root / f"dense_{max(sizes)}", max(sizes))
+    runs = []
+    for n in sizes:
+        data = _first_rows(full, root / f"dense_{max(sizes)}_first_{n}", n)
+        cache = root / f"dense_cache_{n}"
+        shutil.rmtree(cache, ignore_errors=True)
+        repo = Path(__file__).resolve().parent.parent  # this checkout's code, whatever the environment points at
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+        stdout, stderr, code, rss, anon = _run_measured(
+            [sys.executable, __file__, "--memory-child", str(data), str(cache), model, layer], cwd=repo, env=env)
+        line = [x for x in stdout.splitlines() if x.startswith("MEMORY ")]
+        if code or not line:
+            raise RuntimeError(f"memory run on {n} images failed:\n{stderr[-3000:]}")
+        runs.append({**json.loads(line[-1][len("MEMORY "):]), "peak_rss_mb": rss, "peak_anon_mb": anon})
+        shutil.rmtree(cache, ignore_errors=True)
+    print(f"\nNetDissect memory (code in {runs[0]['code']}), {model} (random weights) {layer}, 224x224 images, every pixel labelled "
+          f"(colour, object, part; 112x112), cold caches, {os.environ.get('OMP_NUM_THREADS', 'default')} threads\n")
+    print("| images | index entries | peak RSS (incl. mapped files) | peak anonymous | time |\n|---:|---:|---:|---:|---:|")
+    for r in runs:
+        print(f"| {r['images']:,} | {r['entries']:,} | {r['peak_rss_mb']:,.0f} MB | {r['peak_anon_mb']:,.0f} MB | "
+              f"{r['seconds']:.0f} s |")
+    a, b = runs[0], runs[-1]
+    dn = b["images"] - a["images"]
+    if dn > 0:
+        print(f"\ngrowth per image from {a['images']:,} to {b['images']:,} images: peak RSS "
+              f"{(b['peak_rss_mb'] - a['peak_rss_mb']) / dn * 1024:,.0f} KB, peak anonymous "
+              f"{(b['peak_anon_mb'] - a['peak_anon_mb']) / dn * 1024:,.0f} KB "
+              f"(index: {(b['entries'] - a['entries']) / dn * 12 / 1024:,.0f} KB of entries per image)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=6000)
@@ -141,7 +285,16 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--root", default="data/bench")
     ap.add_argument("--broden-images", type=int, default=500, help="images of the Broden-scale tally (0: skip)")
+    ap.add_argument("--memory", default="", help="comma-separated image counts: measure memory growth instead")
+    ap.add_argument("--memory-model", default="torchvision:resnet18", help="model of the --memory runs")
+    ap.add_argument("--memory-child", nargs=4, metavar=("ROOT", "CACHE", "MODEL", "LAYER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return
+    if args.memory:
+        memory_growth(sorted(int(x) for x in args.memory.split(",")), Path(args.root), args.memory_model, args.layer)
+        return
     torch.manual_seed(0)
     root = Path(args.root)
 

@@ -21,6 +21,7 @@ from lit_explain.concepts import ConceptIndex, ConceptVocabulary
 from lit_explain.datasets.broden import (CACHE_FORMAT, DEFAULT_CATEGORIES, IMAGENET_MEAN, IMAGENET_STD,
                                          BrodenDataset, BrodenFormatError)
 from lit_explain.datasets.checks import check_choice, check_int, check_path, check_strings, check_triple
+from lit_explain.memory import release_free_memory
 
 __all__ = ["BRODEN_SPLITS", "BrodenDataModule", "BrodenDataset", "BrodenFormatError", "DEFAULT_CATEGORIES",
            "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -204,6 +205,7 @@ class BrodenDataModule(lightning.LightningDataModule):
             if index is None:
                 # built out of core: the per-entry arrays go to unlinked files beside the cache and are mapped
                 index = self.dataset.build_concept_index(num_workers=self.num_workers, spill_dir=npz.parent)
+                release_free_memory()  # the build freed many chunk-sized buffers (lit_explain.memory)
                 index.save(npz)
                 meta = {
                     "format": CACHE_FORMAT, "fingerprint": self.dataset.fingerprint(), "npz_bytes": npz.stat().st_size,

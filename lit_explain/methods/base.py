@@ -40,7 +40,9 @@ from lightning.pytorch import LightningModule
 from lit_explain import distributed
 from lit_explain.activations.stats import store_unit_quantiles
 from lit_explain.activations.store import ActivationEntry, ActivationStore, ActivationWriter, cache_key
+from lit_explain.memory import TRIM_EVERY, release_free_memory
 from lit_explain.results import MethodResult
+from lit_explain.topk import merge_topk
 
 __all__ = ["SILENT_REASON", "LayerMethod", "check_tail_fraction", "code_fingerprint", "dataset_fingerprint"]
 
@@ -390,10 +392,13 @@ class LayerMethod(LightningModule):
                 with torch.no_grad():
                     acts = feats(batch["image"])
                 writer.write(idx, acts)
+        if batch_idx % TRIM_EVERY == TRIM_EVERY - 1:
+            release_free_memory()  # the batches' freed buffers back to the system (lit_explain.memory)
         return None
 
     def on_predict_epoch_end(self) -> None:
         """Commit the captured entries; :attr:`entry` (and :attr:`random_entry`) are then readable on every rank."""
+        release_free_memory()
         for prefix, _, key, _ in self._captures:
             writer = self._writers.pop(prefix, None)
             if writer is None:
@@ -455,22 +460,15 @@ class LayerMethod(LightningModule):
         Returns:
             (U_sel, k) float32 maxima in descending order and (U_sel, k) int64 dataset indices; ties go to the
             smaller index, so the answer does not depend on batch order or the number of processes. Units with
-            fewer than k images are padded with -inf / -1. The maxima are read in blocks of images, keeping the
-            best k so far (they precede the block in index order, so a stable sort keeps the tie rule).
+            fewer than k images are padded with -inf / -1. The maxima are read in blocks of images, merged into
+            the best k so far by :func:`lit_explain.topk.merge_topk`.
         """
         k = int(self.hparams.top_images if k is None else k)
-        best_v = torch.zeros(len(units), 0)
-        best_i = torch.zeros(len(units), 0, dtype=torch.int64)
-        for s, block in self._maxes_blocks(units, entry):
-            v = torch.cat([best_v, block.T], 1)
-            i = torch.cat([best_i, torch.arange(s, s + len(block)).expand(len(units), -1)], 1)
-            order = torch.sort(v, dim=1, descending=True, stable=True)
-            best_v, best_i = order.values[:, :k], i.gather(1, order.indices[:, :k])
-        n = best_v.shape[1]
         values = torch.full((len(units), k), float("-inf"))
         index = torch.full((len(units), k), -1, dtype=torch.int64)
-        values[:, :n] = best_v
-        index[:, :n] = best_i
+        for s, block in self._maxes_blocks(units, entry):
+            ids = torch.arange(s, s + len(block)).expand(len(units), -1)
+            values, index = merge_topk(values, index, block.T, ids, k)
         return values, index
 
     def silent_units(self, units: torch.Tensor, thresholds: torch.Tensor,
