@@ -16,7 +16,7 @@ keep their insertion order. The CSV and the JSON (rows + vocabulary + run config
 
 Tables of other shapes (several concepts per unit in HINT, several components per class in NMF) are browsed in
 ``report.html`` through :class:`ReportView`: which table, which column groups its rows, which column names a row
-within its group, and which columns are flags, pictures or per-group details.
+within its group, and which columns are flags, pictures, per-group details or links to another view's groups.
 """
 
 from __future__ import annotations
@@ -98,6 +98,11 @@ class ReportView:
         summary: columns of the ``details`` row shown on the group's line of the list, where the row has them.
         links: the name of another view whose groups are this view's items; items link there (HINT: a unit's
             concepts link to the concept view, a concept's units back to the unit view).
+        refs: other columns whose values are groups of a view, ``{column: view name}`` (NMF's contrasts:
+            ``class_a`` and ``class_b`` name groups of the class view). Their cells, in the item rows and in the
+            details row, link to that group; and that view's groups list, on their line and in their detail pane,
+            the groups of this view that refer to them (a class lists the pairs it is part of), so both directions
+            are one click. Neither the ``group`` nor the ``item`` column (``links`` is the item's).
     """
 
     name: str
@@ -113,12 +118,21 @@ class ReportView:
     details: str | None = None
     summary: tuple[str, ...] = ()
     links: str | None = None
+    refs: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for f in ("columns", "flags", "only", "summary"):  # lists from configs or JSON: frozen tuples
             v = getattr(self, f)
             if v is not None and not isinstance(v, tuple):
                 object.__setattr__(self, f, (v,) if isinstance(v, str) else tuple(v))
+        refs = self.refs.items() if isinstance(self.refs, Mapping) else self.refs  # a frozen, hashable tuple
+        object.__setattr__(self, "refs", tuple((str(c), str(t)) for c, t in refs))
+        cols = [c for c, _ in self.refs]
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"ReportView {self.name!r}: refs name a column twice: {cols}")
+        if set(cols) & {self.group, self.item}:
+            raise ValueError(f"ReportView {self.name!r}: refs may not name the group or item column "
+                             f"({self.group!r}, {self.item!r}); an item links through links=")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(self.name)):
             raise ValueError(f"ReportView: name must be letters, digits, '_' or '-' (it goes into the URL), "
                              f"got {self.name!r}")
@@ -144,7 +158,8 @@ class ReportView:
 
 def check_views(views: Sequence[ReportView], tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     """Raise ValueError unless ``views`` can browse ``tables``: one or more views with distinct names, tables and
-    links that exist, the group column in every row of a view's table and details table and the item column in
+    links and refs that exist (a refs column in some row of the table or the details table when they have
+    rows), the group column in every row of a view's table and details table and the item column in
     every row of its table, each other column of the table the view reads in some row when there are rows (a row
     may lack one), items distinct within each group. A details table's other columns are optional (a class the
     NMF skipped has no prediction numbers; when it skipped them all, no row has them)."""
@@ -157,6 +172,13 @@ def check_views(views: Sequence[ReportView], tables: Mapping[str, Sequence[Mappi
                 raise ValueError(f"ReportView {v.name!r}: no table {t!r} in the result (tables: {list(tables)})")
         if v.links is not None and v.links not in names:
             raise ValueError(f"ReportView {v.name!r}: links={v.links!r} names no view (views: {names})")
+        for col, target in v.refs:
+            if target not in names:
+                raise ValueError(f"ReportView {v.name!r}: refs {col!r} -> {target!r} names no view (views: {names})")
+            rows = [r for t in (v.table, v.details) if t is not None for r in tables[t]]
+            if rows and not any(col in r for r in rows):
+                raise ValueError(f"ReportView {v.name!r}: refs column {col!r} is in no row of table {v.table!r}"
+                                 + (f" or {v.details!r}" if v.details else ""))
         reads = [(v.table, (v.group, v.item), v.used_columns())]
         if v.details is not None:
             reads.append((v.details, (v.group,), []))

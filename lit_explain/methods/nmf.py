@@ -764,18 +764,67 @@ class NMFConcepts(LayerMethod):
         meta = self.run_meta() | {"skipped": {names[c]: why for c, why in sorted(skipped.items())},
                                   "prediction_test": summary_vals, "class_names": names}
         tables = {"components": comp_rows, "classes": class_rows_}
+        contrast_rows, contrastive_rows = self.pair_keys(contrast_rows, getattr(self, "contrastive_rows", None) or [])
         if contrast_rows:
             tables["contrasts"] = contrast_rows
-        if getattr(self, "contrastive_rows", None):
-            tables["contrastive_components"] = self.contrastive_rows
-        report = ReportView("classes", "components", group="class", item="component", title="class_name",
-                            order="component", picture="prototype_picture", details="classes",
-                            columns=("component", "share", "top_units", "loadings", "top_cosine", "top_cosine_excl"),
-                            summary=("status", "p_all", "hit_all", "p_excl", "hit_excl"))
+        if contrastive_rows:
+            tables["contrastive_components"] = contrastive_rows
         return MethodResult(tables=tables, meta=meta, pictures=pictures, summary=summary, scalars=scalars,
-                            report=(report,),
+                            report=self.report_views(tables),
                             data={"components": self.components, "classes": fitted, "selected": selected,
                                   "predictions": preds, "prediction_test": summary_vals})
+
+    @staticmethod
+    def pair_keys(contrast_rows: list[dict[str, Any]], contrastive_rows: list[dict[str, Any]]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The contrast tables with a ``pair`` column first: the pair's position among the configured ``pairs``
+        (the rows of ``contrasts`` are in that order), which joins a pair's row to its contrastive components and
+        keys it in report.html even when one pair is configured twice; ``contrasts`` also gets ``pair_name``
+        ("A vs B"). A contrastive component row goes to the first pair of its two classes that has no row of its
+        component number yet (a pair's components are numbered 0..k-1, -1 for a skipped NMF)."""
+        keyed = [{"pair": i, "pair_name": f"{r['name_a']} vs {r['name_b']}", **r} for i, r in enumerate(contrast_rows)]
+        taken: set[tuple[int, Any]] = set()
+        out = []
+        for r in contrastive_rows:
+            same = [p["pair"] for p in keyed if (p["class_a"], p["class_b"]) == (r["class_a"], r["class_b"])]
+            free = [i for i in same if (i, r.get("component")) not in taken]
+            i = (free or same or [-1])[0]
+            taken.add((i, r.get("component")))
+            out.append({"pair": i, **r})
+        return keyed, out
+
+    @staticmethod
+    def report_views(tables: dict[str, list[dict[str, Any]]]) -> tuple[ReportView, ...]:
+        """The views of report.html: ``classes`` (each class with its components, prototype strips and
+        prediction-from-components numbers) and, when pairs were contrasted, ``contrasts``: each pair "A vs B" with
+        its hyperplane accuracy, shifting-test and patch-insertion figures (its ``contrasts`` row) and its "why A
+        rather than B" components; A and B link to the class view, and a class there lists the pairs it is in.
+        Without contrastive components (``contrastive: false``, or no pair trained) the pairs' rows are the items.
+        Columns are offered only where some row has them (a table of skipped rows lacks the numbers)."""
+        def present(table: str, cols: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(c for c in cols if any(c in r for r in tables.get(table, ())))
+
+        views = [ReportView("classes", "components", group="class", item="component", title="class_name",
+                            order="component", picture="prototype_picture", details="classes",
+                            columns=present("components", ("component", "share", "top_units", "loadings", "top_cosine",
+                                                           "top_cosine_excl")),
+                            summary=("status", "p_all", "hit_all", "p_excl", "hit_excl"))]
+        figures = ("status", "hyperplane_accuracy", "p_b_max", "swap", "p_b_inserted", "p_b_control")
+        refs = {"class_a": "classes", "class_b": "classes"}
+        if tables.get("contrastive_components") and tables.get("contrasts"):
+            rows = tables["contrastive_components"]
+            views.append(ReportView(
+                "contrasts", "contrastive_components", group="pair", item="component", title="pair_name",
+                order="component", details="contrasts", summary=figures, refs=refs,
+                picture="prototype_picture" if any("prototype_picture" in r for r in rows) else None,
+                columns=present("contrastive_components", ("component", "share", "top_units", "loadings", "norm",
+                                                           "status"))))
+        elif tables.get("contrasts"):
+            views.append(ReportView(
+                "contrasts", "contrasts", group="pair", item="pair_name", refs=refs,
+                columns=present("contrasts", ("pair_name", "class_a", "class_b", *figures, "p_b_unshifted",
+                                              "p_a_at_best", "best_offset", "p_b_orig"))))
+        return tuple(views)
 
     def _strip_drawer(self, tc_all: TopCells, tc_excl: TopCells, grid: tuple[int, int], i: int, t: int, dm: Any):
         """A function drawing component t of class row i: top crops from all images (first row) and from images

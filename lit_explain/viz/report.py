@@ -221,8 +221,10 @@ def write_view_report(output_dir: str | Path, tables: Mapping[str, Sequence[Mapp
 
     The page has one tab per view (the first open), a list of the view's groups each followed by its item rows
     (sortable by any column, filtered by words and by the view's flags), and a detail pane with the selected
-    group's details row, its items' pictures and every column of its items. ``#v=<view>&g=<group>&i=<item>``
-    selects; ``q=`` filters, ``only=a,b`` sets the flag filters, ``sort=-<column>`` sorts (``-``: descending).
+    group's details row, its items' pictures and every column of its items. A view's ``refs`` columns link to
+    groups of another view, and those groups list, on their line and in their detail pane, the groups referring to
+    them (NMF: a pair's classes, a class's pairs). ``#v=<view>&g=<group>&i=<item>`` selects; ``q=`` filters,
+    ``only=a,b`` sets the flag filters, ``sort=-<column>`` sorts (``-``: descending).
 
     Args:
         output_dir: the run's output folder (the tables' and pictures' folder).
@@ -632,6 +634,7 @@ _VIEW_STYLE = r"""#tabs{display:flex;gap:4px;padding:10px 20px 0}#tabs a{padding
 #items td.label{max-width:340px;overflow:hidden;text-overflow:ellipsis}.sub{color:#667}
 .flag{display:inline-block;padding:0 6px;margin-left:4px;border-radius:8px;font-size:11px;background:#e4ebfa;color:#234}
 #detail table{margin-bottom:10px}#detail tr.sel td{background:#ffeeb8}.hidden{color:#889}
+.back{margin:0 0 8px}.refs a{white-space:nowrap}
 """
 
 _VIEW_TEMPLATE = _DOC_START + _STYLE + _VIEW_STYLE + _BODY_START + r"""<header>@@HEADER@@</header>
@@ -687,6 +690,24 @@ var V = D.views.map(function (sp) {
   });
   return {sp: sp, G: G, keys: keys, total: D.tables[sp.table].length};
 });
+var VI = Object.create(null);  // view name -> index
+V.forEach(function (w, k) { VI[w.sp.name] = k; w.ref = Object.create(null); w.sp.refs.forEach(function (p) {
+  w.ref[p[0]] = p[1];
+}); });
+V.forEach(function (w, k) {  // back references: a group of a view lists the groups of other views that name it
+  w.keys.forEach(function (key) {
+    var g = w.G[key], seen = Object.create(null);
+    [g.details].concat(g.items.map(function (it) { return it.r; })).forEach(function (r) {
+      if (!r) return;
+      w.sp.refs.forEach(function (p) {
+        var t = V[VI[p[1]]], v = own(r, p[0]);
+        if (v === undefined || v === null || !t.G[str(v)] || seen[p[1] + "\u0000" + str(v)]) return;
+        seen[p[1] + "\u0000" + str(v)] = true;
+        (t.G[str(v)].back = t.G[str(v)].back || []).push({v: k, g: g});
+      });
+    });
+  });
+});
 var S;  // view state: v (view index), q, only (flag -> true), sort, desc, g (group key), i (item key), limit
 
 function fresh(v) {
@@ -722,10 +743,31 @@ function listed() {  // [group, its rows that pass] in the current order; groups
   }
   return out;
 }
+function groupHref(view, key) { return esc("#v=" + encodeURIComponent(view) + "&g=" + encodeURIComponent(key)); }
 function itemLink(k) {  // an item names a group of the linked view
   var sp = W().sp;
-  return sp.links ? '<a href="' + esc("#v=" + encodeURIComponent(sp.links) + "&g=" + encodeURIComponent(k)) + '">' +
-    esc(k) + "</a>" : esc(k);
+  return sp.links ? '<a href="' + groupHref(sp.links, k) + '">' + esc(k) + "</a>" : esc(k);
+}
+function value(r, c) {  // a cell's text; a refs column's value links to the group of the view it names
+  var t = own(W().ref, c), v = r[c];
+  if (t !== undefined && v !== undefined && v !== null && V[VI[t]].G[str(v)]) {
+    return '<a class="ref" data-ref="' + esc(t) + '" href="' + groupHref(t, str(v)) + '">' + esc(fmt(v)) + "</a>";
+  }
+  return esc(fmt(v));
+}
+function backLinks(g) {  // the groups of other views that name g, by view: "<view>: <a>group title</a>, ..."
+  var by = [];
+  (g.back || []).forEach(function (b) {
+    if (!by.length || by[by.length - 1][0] !== b.v) by.push([b.v, []]);
+    by[by.length - 1][1].push(b.g);
+  });
+  return by.map(function (e) {
+    var sp = V[e[0]].sp;
+    return '<span class="refs" data-view="' + esc(sp.name) + '">' + esc(sp.name) + ": " + e[1].map(function (o) {
+      return '<a href="' + groupHref(sp.name, o.key) + '" data-group="' + esc(o.key) + '">' + esc(sp.group) + " " +
+        esc(o.key) + (o.title ? " " + esc(o.title) : "") + "</a>";
+    }).join(", ") + "</span>";
+  });
 }
 function badges(g) {
   return W().sp.flags.map(function (f) {
@@ -743,13 +785,14 @@ function groupLine(g, its) {
       h += ' <span class="sub">\u00b7 ' + esc(c.replace(/_/g, " ")) + "</span> " + esc(fmt(v));
     }
   });
+  backLinks(g).forEach(function (b) { h += ' <span class="sub">\u00b7</span> ' + b; });
   return h;
 }
 function cell(it, c) {
   var sp = W().sp;
   if (c === "_card") return '<td class="n">' + (own(D.pictures, str(it.r[sp.picture])) ? "\u25a3" : "") + "</td>";
   if (c === sp.item) return '<td class="label">' + itemLink(it.k) + "</td>";
-  return "<td" + (sp.numeric.indexOf(c) >= 0 ? ' class="n"' : "") + ">" + esc(fmt(it.r[c])) + "</td>";
+  return "<td" + (sp.numeric.indexOf(c) >= 0 ? ' class="n"' : "") + ">" + value(it.r, c) + "</td>";
 }
 function renderTabs() {
   $("tabs").innerHTML = V.length < 2 ? "" : V.map(function (w, k) {
@@ -793,9 +836,10 @@ function renderDetail() {
   if (!g) { d.innerHTML = "<p>Select a " + esc(sp.group) + " in the table.</p>"; return; }
   var h = ["<h2>" + esc(sp.group) + " " + esc(g.key) + (g.title ? " <small>" + esc(g.title) + "</small>" : "") +
     "</h2>"];
+  backLinks(g).forEach(function (b) { h.push('<p class="back">' + b + "</p>"); });
   if (g.details) {
     h.push('<table class="details"><tbody>' + Object.keys(g.details).map(function (c) {
-      return "<tr><td>" + esc(c) + "</td><td>" + esc(fmt(g.details[c])) + "</td></tr>";
+      return "<tr><td>" + esc(c) + "</td><td>" + value(g.details, c) + "</td></tr>";
     }).join("") + "</tbody></table>");
   }
   var its = g.items.filter(function (it) { return passes(it) || it.k === S.i; }), cols = [sp.item].concat(
@@ -813,7 +857,7 @@ function renderDetail() {
       return "<th>" + esc(c.replace(/_/g, " ")) + "</th>";
     }).join("") + "</tr></thead><tbody>" + its.map(function (it) {
       return '<tr data-item="' + esc(it.k) + '"' + (it.k === S.i ? ' class="sel"' : "") + ">" + cols.map(function (c) {
-        return "<td>" + (c === sp.item ? itemLink(it.k) : esc(fmt(it.r[c]))) + "</td>";
+        return "<td>" + (c === sp.item ? itemLink(it.k) : value(it.r, c)) + "</td>";
       }).join("") + "</tr>";
     }).join("") + "</tbody></table>");
     if (its.length < g.items.length) {

@@ -1,6 +1,7 @@
 """report.html for grouped tables (ReportView): a HINT-like table (several concepts per unit, flags, a concept view
 with a details table) and an NMF-like table (components per class with prototype pictures, a class skipped by the
-NMF), checked in pure Python and rendered in headless Chromium. Every expectation is computed here from the input
+NMF; NMF's class pairs with their contrast figures and contrastive components, linked both ways to the classes),
+checked in pure Python and rendered in headless Chromium. Every expectation is computed here from the input
 rows, never read back from the page's own data."""
 
 from __future__ import annotations
@@ -123,17 +124,22 @@ def test_views_are_checked_against_the_tables():
            ((ReportView("u", "hint_neurons", "unit", "concept"),) * 2, "distinct names"),
            ((ReportView("u", "hint_neurons", "unit", "concept", order="-size"),), "no column 'size'"),
            ((ReportView("u", "hint_neurons", "unit", "concept", details="hint_concepts"),),
-            "row 0 of table 'hint_concepts' has no column 'unit'")]
+            "row 0 of table 'hint_concepts' has no column 'unit'"),
+           ((ReportView("u", "hint_neurons", "unit", "concept", refs={"level": "levels"}),), "names no view"),
+           ((ReportView("u", "hint_neurons", "unit", "concept", refs={"colour": "u"}),),
+            "column 'colour' is in no row")]
     for views, match in bad:
         with pytest.raises(ValueError, match=match):
             check_views(views, tables)
         with pytest.raises(ValueError, match=match):
             MethodResult(tables=tables, report=views)  # refused where the method builds its result
     for kw, match in [({"name": "a b"}, "letters, digits"), ({"only": ("shown",)}, "among flags"),
-                      ({"summary": ("level",)}, "need a details table"), ({"item": "unit"}, "same column")]:
+                      ({"summary": ("level",)}, "need a details table"), ({"item": "unit"}, "same column"),
+                      ({"refs": {"unit": "u"}}, "group or item column")]:
         with pytest.raises(ValueError, match=match):
             ReportView(**{"name": "u", "table": "t", "group": "unit", "item": "concept", **kw})
     assert ReportView("u", "t", "g", "i", flags=["a"], only=["a"]).flags == ("a",)  # lists from configs: tuples
+    assert ReportView("u", "t", "g", "i", refs={"a": "v"}).refs == (("a", "v"),)  # a mapping: a frozen tuple
     # a details table's other columns are optional: NMF's classes have no prediction numbers when all were skipped
     check_views([ReportView("c", "hint_neurons", "concept", "unit", details="hint_concepts", summary=("p_all",))],
                 tables)
@@ -348,3 +354,141 @@ def test_chromium_every_class_skipped(tmp_path):
     _check_loaded(page)
     assert page.listing() == [("1", []), ("3", [])]  # numeric keys ascending
     assert "skipped: a has 2 images" in page.group_text("1") and page.h2[0].strip() == "class 1 a"
+
+
+# ---------------------------------------------------------------------------------------------- Chromium: NMF contrasts
+_INSERT = ("p_a_orig", "p_b_orig", "p_a_inserted", "p_b_inserted", "p_a_control", "p_b_control")
+# (class A, class B, hyperplane accuracy, p_b_unshifted, p_b_max, best_offset, p_a_at_best, patch test p's), as the
+# method's contrasts() writes one row per configured pair; the last pair repeats the first (configured twice)
+NMF_PAIRS = [(0, 1, 0.91, 0.05, 0.875, 20.0, 0.125, (0.7, 0.05, 0.35, 0.1418, 0.65, 0.06)),
+             (1, 0, 0.75, 0.2, 0.45, 5.0, 0.5, (0.6, 0.3, 0.55, 0.325, 0.58, 0.31)),
+             (0, 2, None, None, None, None, None, None),  # dog was skipped: no vectors
+             (0, 1, 0.91, 0.05, 0.875, 20.0, 0.125, (0.7, 0.05, 0.35, 0.1418, 0.65, 0.06))]
+SKIPPED_PAIR = "skipped: a class of the pair has no selected images or no relevant pixels"
+
+
+def _contrast_input():
+    """The contrast rows and contrastive component rows as NMFConcepts.contrasts() hands them to _result (no pair
+    key): the pair HOSTILE vs cat had its contrastive NMF skipped (one row, component -1)."""
+    name = {c: n for c, n, *_ in NMF_CLASSES}
+    contrasts, contrastive = [], []
+    for a, b, acc, pb0, pbmax, off, pa, ins in NMF_PAIRS:
+        row = {"class_a": a, "name_a": name[a], "class_b": b, "name_b": name[b], "images_a": 5, "images_b": 5,
+               "vectors_a": 40, "vectors_b": 0 if acc is None else 36}
+        pair = {k: row[k] for k in ("class_a", "name_a", "class_b", "name_b")}
+        if acc is None:
+            contrasts.append({**row, "status": SKIPPED_PAIR})
+            continue
+        row.update(hyperplane_accuracy=acc, status="ok", p_b_unshifted=pb0, p_a_unshifted=ins[0], p_b_max=pbmax,
+                   best_offset=off, p_a_at_best=pa, swap=pbmax >= pa and pbmax > 0.5, patch_image=3, patch_y=4,
+                   patch_x=8, **dict(zip(_INSERT, ins)))
+        contrasts.append(row)
+        if a == 1:
+            contrastive.append({**pair, "component": -1, "status": "skipped: all-zero activations"})
+        else:
+            contrastive += [{**pair, "component": t, "share": 0.625 - 0.25 * t, "top_units": f"{t + 2} {t}",
+                             "loadings": "0.9000 0.1000", "norm": 1.5 - t, "error": 0.0125, "status": "ok"}
+                            for t in (0, 1)]
+    return contrasts, contrastive
+
+
+def _js(v) -> str:
+    """A cell as the page prints it, worked out here: ticks for true, integers plainly, 4 significant digits."""
+    if v is None or v is False:
+        return ""
+    if v is True:
+        return "\u2713"
+    if isinstance(v, float) and not v.is_integer():
+        return repr(float(f"{v:.4g}"))
+    return str(int(v)) if isinstance(v, float) else str(v)
+
+
+def _contrast_report(tmp_path: Path, contrastive: bool = True) -> tuple[Path, list, list]:
+    from lit_explain.methods.nmf import NMFConcepts
+
+    _, tables = _nmf_report(tmp_path)
+    contrasts, parts = _contrast_input()
+    keyed, keyed_parts = NMFConcepts.pair_keys(contrasts, parts if contrastive else [])
+    tables["contrasts"] = keyed
+    if keyed_parts:
+        tables["contrastive_components"] = keyed_parts
+    result = MethodResult(tables=tables, report=NMFConcepts.report_views(tables))
+    drawn = [r["prototype_picture"] for r in tables["components"]]
+    return write_view_report(tmp_path, tables, result.report, _meta("NMFConcepts"), drawn), contrasts, parts
+
+
+def test_contrast_rows_get_a_pair_key_even_for_a_pair_configured_twice():
+    from lit_explain.methods.nmf import NMFConcepts
+
+    contrasts, parts = _contrast_input()
+    keyed, keyed_parts = NMFConcepts.pair_keys(contrasts, parts)
+    assert [r["pair"] for r in keyed] == list(range(len(NMF_PAIRS)))
+    assert [{k: v for k, v in r.items() if k not in ("pair", "pair_name")} for r in keyed] == contrasts
+    # pair 3 repeats pair 0: each gets its own copy of the components, none lands on the skipped pair 2
+    assert [(r["pair"], r["component"]) for r in keyed_parts] == [(0, 0), (0, 1), (1, -1), (3, 0), (3, 1)]
+    assert [{k: v for k, v in r.items() if k != "pair"} for r in keyed_parts] == parts
+    # every pair skipped: no figures in any row, the views still fit (columns offered only where some row has them)
+    skipped = [{k: r[k] for k in ("class_a", "name_a", "class_b", "name_b")} | {"status": SKIPPED_PAIR}
+               for r in contrasts]
+    tables = {"components": [], "classes": [], "contrasts": NMFConcepts.pair_keys(skipped, [])[0]}
+    views = NMFConcepts.report_views(tables)
+    assert [v.name for v in views] == ["classes", "contrasts"] and views[1].table == "contrasts"
+    check_views(views, tables)
+    assert [v.name for v in NMFConcepts.report_views({"components": [], "classes": []})] == ["classes"]
+
+
+def test_chromium_contrasts_view_shows_every_pair_its_figures_and_components(tmp_path):
+    report, contrasts, parts = _contrast_report(tmp_path)
+    page = _ViewPage(_browser(f"{report.as_uri()}#v=contrasts&g=1", tmp_path, "--dump-dom"))
+    _check_loaded(page)
+    assert [a["data-view"] for a in page.find("a") if "data-view" in a] == ["classes", "contrasts"]
+    # every configured pair in order, with the contrastive components of its two classes by component number
+    comps = lambda r: sorted({p["component"] for p in parts  # noqa: E731
+                              if (p["class_a"], p["class_b"]) == (r["class_a"], r["class_b"])})
+    assert page.listing() == [(str(i), [str(t) for t in comps(r)]) for i, r in enumerate(contrasts)]
+    figures = ("hyperplane_accuracy", "p_b_max", "p_b_inserted", "p_b_control")
+    for i, r in enumerate(contrasts):
+        text = page.group_text(str(i))
+        assert text.startswith(f"pair {i} {r['name_a']} vs {r['name_b']} ")  # hostile names as text
+        assert f"status {r['status']}" in text
+        for c in figures:  # a skipped pair has none of them
+            assert (f"{c.replace('_', ' ')} {_js(r[c])}" in text) if c in r else c.replace("_", " ") not in text
+        assert ("swap \u2713" in text) == (r.get("swap") is True)
+    assert [r.get("swap") for r in contrasts] == [True, False, None, True]  # the data is built so
+    # pair 1, HOSTILE vs cat: its whole contrasts row, A and B linking to the class view, its skipped NMF
+    sel = contrasts[1]
+    assert page.h2[0].strip() == f"pair 1 {sel['name_a']} vs {sel['name_b']}"
+    details = {t for a, t in page.trs if not a}
+    assert {f"{c}{_js(v)}" for c, v in sel.items()} <= details and "pair1" in details
+    assert {"p_b_max0.45", "p_b_inserted0.325", "hyperplane_accuracy0.75"} <= details  # spelled out once
+    refs = [unquote(a["href"]) for a in page.find("a", class_="ref")]
+    assert refs[:2] == ["#v=classes&g=1", "#v=classes&g=0"]  # the details row's class_a, class_b
+    assert [a["data-item"] for a in page.detail_rows()] == ["-1"]
+    assert "skipped: all-zero activations" in next(t for a, t in page.trs if a.get("data-item") == "-1"
+                                                   and "data-group" not in a)
+    assert not page.find("b", id="pwned") and page.find("title") and page.find("img") == []
+
+
+def test_chromium_a_class_links_to_the_pairs_it_is_in(tmp_path):
+    report, contrasts, _ = _contrast_report(tmp_path)
+    page = _ViewPage(_browser(f"{report.as_uri()}#v=classes&g=1", tmp_path, "--dump-dom"))
+    _check_loaded(page)
+    pairs_of = lambda c: [i for i, r in enumerate(contrasts) if c in (r["class_a"], r["class_b"])]  # noqa: E731
+    assert pairs_of(0) == [0, 1, 2, 3] and pairs_of(2) == [2]
+    # each class's line lists its pairs, then the detail pane of the selected class (HOSTILE) again
+    want = [f"#v=contrasts&g={i}" for c, *_ in NMF_CLASSES for i in pairs_of(c)] + [
+        f"#v=contrasts&g={i}" for i in pairs_of(1)]
+    assert [unquote(a["href"]) for a in page.find("a") if a.get("href", "").startswith("#v=contrasts&")] == want
+    text = page.group_text("2")
+    assert "contrasts: pair 2 cat vs dog" in text and "skipped: 1 image" in text  # a skipped class still links
+    assert page.h2[0].strip() == f"class 1 {HOSTILE}" and not page.find("b", id="pwned") and page.find("title")
+    # without contrastive components the pairs' rows are the items, their classes linking all the same
+    other = tmp_path / "plain"
+    other.mkdir()
+    report, contrasts, _ = _contrast_report(other, contrastive=False)
+    page = _ViewPage(_browser(f"{report.as_uri()}#v=contrasts", other, "--dump-dom"))
+    _check_loaded(page)
+    assert page.listing() == [(str(i), [f"{r['name_a']} vs {r['name_b']}"]) for i, r in enumerate(contrasts)]
+    hrefs = [unquote(a["href"]) for a in page.find("a", class_="ref")]
+    assert hrefs[:2 * len(contrasts)] == [f"#v=classes&g={r[k]}" for r in contrasts for k in ("class_a", "class_b")]
+    assert not page.find("b", id="pwned")
