@@ -31,23 +31,24 @@ Initialisation (``init``):
 * ``random``: sqrt(mean / k) · |N(0, 1)| from a generator seeded with ``seed`` (draws depend on the batch
   shape, so a class padded into another batch starts differently; nndsvd(a) does not).
 
-The top-k singular triplets come from the eigenvectors of XᵀX (C x C, float64) when C is small, else from a
-randomized range finder (Halko et al.) with one Gaussian test matrix (C, k + 10) shared by all classes, drawn
-from ``seed``, and 7 power iterations. Either way the init is deterministic for a seed and does not depend on
-which other classes, or how many padded rows, share the batch; for the top few triplets both are exact to
-float precision on the data this method sees.
+The top-k singular triplets come from a randomized range finder (Halko et al.) with sklearn's parameters (one
+Gaussian test matrix (C, k + 10) shared by all classes, drawn from ``seed``, 7 power iterations), run on XᵀX
+(C x C, float64) when C is small and on X itself when C is large (see :func:`_top_singular`). Either way the init
+is deterministic for a seed and does not depend on which other classes, or how many padded rows, share the
+batch; whenever the spectrum has a gap after the k-th singular value it equals the exact truncated SVD's to
+float precision.
 
-Memory: X is held in both layouts (B, n, C) and (B, C, n) so that both large products of an iteration are
-contiguous matmuls: about 2x the size of X, plus O(B·(n + C)·k).
+Memory: X once, plus O(B·(n + C)·k) for the factors and products (the init's Gram matrices add B·C² float64).
 
 Padding: class b owns the first ``n_rows[b]`` rows of X[b]; the rest are ignored (set to 0). Zero rows of X
 keep zero rows of W under both solvers, so a padded class gets the same factors as when run alone.
 
 Convergence: per class, the relative error e_t = ‖X − W H‖_F / ‖X‖_F (from traces, without forming W H) is
-checked every 10 iterations, and a class stops when its mean decrease per iteration since the last check,
-(e_{t-10} − e_t) / 10, is below tol · e_0 (sklearn's ``mu`` solver checks every 10 iterations too; a per-step
-check stopped on short plateaus). A stopped class is no longer updated; the loop ends when all have stopped or
-after ``max_iter`` iterations.
+checked every 5 iterations from iteration 10 on, and a class stops when its mean decrease per iteration over the
+last 10 iterations, (e_{t-10} − e_t) / 10, is below tol · e_0 (sklearn's ``mu`` solver averages over 10
+iterations too; a per-step test stopped on short plateaus, and checking only every 10 iterations ran on for 5
+iterations past the crossing on average). A stopped class is no longer updated; the loop ends when all have
+stopped or after ``max_iter`` iterations.
 
 Bad input: NaN/inf raise; negative entries raise (naming the minimum and the class), unless
 ``negative="shift"`` subtracts each class's minimum; a class whose rows are all zero, or that has fewer rows
@@ -66,7 +67,8 @@ SOLVERS = ("hals", "mu", "sklearn")
 INITS = ("nndsvda", "nndsvd", "random", "custom")
 _EPS_ZERO = 1e-6  # nndsvd entries below this become exact zeros
 _OVERSAMPLE = 10
-_CHECK_EVERY = 10  # iterations between convergence checks (sklearn's mu solver checks every 10)
+_CHECK_WINDOW = 10  # iterations the convergence test averages the decrease over (sklearn's mu solver: 10)
+_CHECK_STRIDE = 5  # iterations between convergence checks
 _POWER_ITERS = 7
 
 
@@ -120,7 +122,7 @@ def class_rows(maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def relative_error(X: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """(B,) ‖X − W H‖_F / ‖X‖_F for X (B, n, C), W (B, n, k), H (B, k, C); NaN where X is all zero."""
-    num = (X - W @ H).flatten(1).norm(dim=1)
+    num = torch.baddbmm(X, W, H, alpha=-1).flatten(1).norm(dim=1)
     den = X.flatten(1).norm(dim=1)
     return torch.where(den > 0, num / den.clamp(min=torch.finfo(X.dtype).tiny), torch.full_like(den, float("nan")))
 
@@ -130,24 +132,43 @@ def _row_mask(n_rows: torch.Tensor, n: int) -> torch.Tensor:
     return (torch.arange(n, device=n_rows.device)[None, :] < n_rows[:, None])[..., None]
 
 
-SVD_METHODS = ("auto", "gram", "randomized")
+SVD_METHODS = ("auto", "gram", "eigh", "randomized")
 
 
 def _top_singular(X: torch.Tensor, k: int, seed: int, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k singular triplets of each X[b] (B, n, C): U (B, n, k), S (B, k), V (B, C, k).
 
-    ``gram``: eigenvectors of XᵀX (B, C, C) in float64 (exact; cost n·C² + C³ per class, and independent of
-    padded rows). ``randomized``: range finder Q = orth((X Xᵀ)^q X Ω) with one test matrix Ω (C, l) drawn from
-    ``seed`` for all classes, then the exact SVD of the small Qᵀ X (cost about 2(q+1)·n·C·l per class).
-    ``auto`` takes the cheaper: gram while C <= 2(q+1)·l (256 channels for k=6), randomized above.
+    All three methods start from the right singular vectors (eigenvectors of G = XᵀX), so padded zero rows
+    change nothing:
+
+    * ``gram``: subspace iteration on G (B, C, C) in float64 with one Gaussian test matrix Ω (C, l), l = k + 10,
+      drawn from ``seed`` for all classes: V = orth(G^8 Ω), then the Rayleigh-Ritz eigenvectors of VᵀGV (l, l).
+      G^8 Ω spans what sklearn's randomized SVD (7 power iterations, 10 oversamples, which its nndsvd init
+      uses) spans for X, so this is that range finder applied to the Gram. Cost n·C² + 8·C²·l per class; the
+      full eigendecomposition of G (``eigh``) cost three times more than the rest of the init together.
+    * ``eigh``: all eigenvectors of G (exact; n·C² + O(C³) per class).
+    * ``randomized``: the same range finder on X itself, Q = orth((X Xᵀ)^7 X Ω), then the exact SVD of the small
+      Qᵀ X (about 16·n·C·l per class), for wide layers where forming G costs more.
+
+    ``auto`` takes ``gram`` while C <= 2·8·l (256 channels for k=6), ``randomized`` above. The randomized
+    methods are exact to float precision whenever the spectrum has a gap after the k-th value (any planted or
+    low-rank structure); on flat spectra (pure noise) they return, like sklearn, a good but not the top basis.
     """
     B, n, C = X.shape
     l = min(k + _OVERSAMPLE, C)
     if method == "auto":
         method = "gram" if C <= 2 * (_POWER_ITERS + 1) * l else "randomized"
-    if method == "gram":
+    if method in ("gram", "eigh"):
         G = (X.transpose(1, 2) @ X).double()
-        evals, evecs = torch.linalg.eigh(G)  # ascending
+        if method == "eigh" or l == C:
+            evals, evecs = torch.linalg.eigh(G)  # ascending
+        else:
+            g = torch.Generator(device="cpu").manual_seed(int(seed))
+            Q = torch.randn(C, l, generator=g, dtype=torch.float64).to(X.device).expand(B, C, l)
+            for _ in range(_POWER_ITERS + 1):
+                Q = torch.linalg.qr(G @ Q).Q  # (B, C, l)
+            evals, small = torch.linalg.eigh(Q.transpose(1, 2) @ G @ Q)  # (B, l), (B, l, l) ascending
+            evecs = Q @ small
         V = evecs.flip(-1)[:, :, :k].to(X.dtype)  # (B, C, k)
         S = evals.flip(-1)[:, :k].clamp(min=0).sqrt().to(X.dtype)
         U = (X @ V) / S.clamp(min=torch.finfo(X.dtype).tiny)[:, None, :]
@@ -229,22 +250,22 @@ def _random_init(X: torch.Tensor, k: int, n_rows: torch.Tensor, seed: int) -> tu
     return W * _row_mask(n_rows, n).to(X.dtype), H
 
 
-# The solvers keep W transposed, Wt (B, k, n), and X in both layouts, X (B, n, C) and Xt (B, C, n), so the two
-# large products of an iteration, X Hᵀ (as H Xᵀ) and Wᵀ X, are plain contiguous batched matmuls and each
-# column update of W writes one contiguous row of Wt (strided column writes and transposed operands made a
-# sweep several times slower on the CPU).
+# The solvers keep W transposed, Wt (B, k, n), so that each column update of W writes one contiguous row of Wt
+# (strided column writes made a sweep several times slower on the CPU). X is held once, (B, n, C): the product
+# X Hᵀ is computed as H Xᵀ through a transposed view, which measured as fast as a second, transposed copy of X
+# and halves the memory the two products stream through every iteration.
 
 
-def _hals_step(X, Xt, xx, Wt, H, live, sweeps: int = 1):
+def _hals_step(X, xx, Wt, H, live, sweeps: int = 1):
     """One HALS iteration in place; returns the new squared error (B,).
 
-    X (B, n, C), Xt (B, C, n), xx (B,) = ‖X‖², Wt (B, k, n), H (B, k, C); classes with ``live`` (B,) False
+    X (B, n, C), xx (B,) = ‖X‖², Wt (B, k, n), H (B, k, C); classes with ``live`` (B,) False
     keep their factors. The W half needs X Hᵀ and H Hᵀ, the H half Wᵀ X and Wᵀ W; those products cost n·C·k
     per class, while one coordinate sweep over the k columns given them costs only (n or C)·k². With
     ``sweeps`` > 1 each half repeats its sweep (accelerated HALS, Gillis & Glineur 2012), which buys more
     decrease per pass over X. ``sweeps=1`` is exactly sklearn's coordinate-descent iteration.
     """
-    XHt = H @ Xt  # (B, k, n): (X Hᵀ)ᵀ
+    XHt = H @ X.mT  # (B, k, n): (X Hᵀ)ᵀ, X read through a transposed view (no second copy)
     HHt = H @ H.transpose(1, 2)  # (B, k, k)
     _sweep(Wt, XHt, HHt, live, sweeps)
     WtX = Wt @ X  # (B, k, C)
@@ -256,25 +277,33 @@ def _hals_step(X, Xt, xx, Wt, H, live, sweeps: int = 1):
 def _sweep(F: torch.Tensor, P: torch.Tensor, G: torch.Tensor, live: torch.Tensor, sweeps: int) -> None:
     """Coordinate descent on the rows of F (B, k, m) in place: row t <- max(0, F_t + (P_t − G_t F) / G_tt).
 
-    F is Wᵀ (P = H Xᵀ, G = H Hᵀ) or H (P = Wᵀ X, G = Wᵀ W). A row with G_tt = 0, or of a frozen class, gets
-    the step factor 0 and so keeps its (non-negative) values, as sklearn skips it.
+    F is Wᵀ (P = H Xᵀ, G = H Hᵀ) or H (P = Wᵀ X, G = Wᵀ W). The step is rewritten with P' = P / G_tt and
+    G' = G / G_tt − I (rows scaled once per call) as row t <- max(0, P'_t − G'_t F): one small matmul into a
+    reused buffer and one clamp written into the row, instead of four kernels per row (the sweeps are bound by
+    kernel count, not arithmetic). A row with G_tt = 0, or of a frozen class, gets P'_t = 0 and G'_t = −e_t, so
+    it keeps its (non-negative) values, as sklearn skips it.
     """
     diag = torch.diagonal(G, dim1=1, dim2=2)  # (B, k)
     ok = (diag > 0) & live[:, None]
-    inv = torch.where(ok, 1.0 / torch.where(ok, diag, torch.ones_like(diag)), torch.zeros_like(diag))
+    inv = torch.where(ok, 1.0 / torch.where(ok, diag, torch.ones_like(diag)), torch.zeros_like(diag))[:, :, None]
+    Ps = P * inv  # (B, k, m)
+    Gs = G * inv  # (B, k, k)
+    Gs.diagonal(dim1=1, dim2=2).sub_(1.0)
+    buf = F.new_empty(F.shape[0], 1, F.shape[2])
+    rows = [(Ps[:, t : t + 1], Gs[:, t : t + 1], F[:, t : t + 1]) for t in range(F.shape[1])]
     for _ in range(sweeps):
-        for t in range(F.shape[1]):
-            num = torch.baddbmm(P[:, t : t + 1, :], G[:, t : t + 1, :], F, alpha=-1)  # (B, 1, m)
-            F[:, t : t + 1, :].addcmul_(num, inv[:, t, None, None]).clamp_(min=0)  # in place on the view
+        for p, g, f in rows:
+            torch.baddbmm(p, g, F, alpha=-1, out=buf)  # (B, 1, m) = P'_t − G'_t F, F's row t still the old one
+            torch.clamp(buf, min=0, out=f)
 
 
-def _mu_step(X, Xt, xx, Wt, H, live, sweeps: int = 1):
+def _mu_step(X, xx, Wt, H, live, sweeps: int = 1):
     """One multiplicative update of W then H (Frobenius loss) in place; zero denominators become float32 eps."""
     eps = torch.finfo(torch.float32).eps
     keep = (~live)[:, None, None]
     HHt = H @ H.transpose(1, 2)
     den = HHt @ Wt  # (B, k, n) = (W H Hᵀ)ᵀ
-    ratio = (H @ Xt) / torch.where(den == 0, torch.full_like(den, eps), den)
+    ratio = (H @ X.mT) / torch.where(den == 0, torch.full_like(den, eps), den)
     Wt.mul_(ratio.masked_fill_(keep, 1.0))
     WtX = Wt @ X
     WtW = Wt @ Wt.transpose(1, 2)
@@ -361,7 +390,9 @@ def batched_nmf(
     n_rows = torch.as_tensor(n_rows, device=X.device).long()
     if n_rows.shape != (B,) or bool(((n_rows < 0) | (n_rows > n)).any()):
         raise ValueError(f"batched_nmf: n_rows must be (B,)=({B},) ints in 0..{n}, got {n_rows.tolist()}")
-    if not bool(torch.isfinite(X).all()):
+    # one pass instead of a (B, n, C) mask: a NaN or inf entry makes its class's sum non-finite; only then (or
+    # when huge finite entries overflow the sum) is every entry checked
+    if not bool(torch.isfinite(X.sum(dim=(1, 2))).all()) and not bool(torch.isfinite(X).all()):
         raise ValueError("batched_nmf: X contains NaN or inf; check the activations / relevance maps feeding it")
     rows = _row_mask(n_rows, n)
     if bool((n_rows < n).any()):
@@ -381,8 +412,15 @@ def batched_nmf(
         shift = torch.where(torch.isfinite(mins) & (mins < 0), mins, shift)
         X = (X - shift[:, None, None]) * rows.to(X.dtype)
 
+    Xf = X.reshape(B, 1, n * C)
+    xx = (Xf @ Xf.transpose(1, 2)).flatten()  # (B,) ‖X‖² as one batched dot, no (B, n, C) temporary
+    if not bool(torch.isfinite(xx).all()):
+        raise ValueError(f"batched_nmf: the squares of X's entries overflow {X.dtype} (largest entry "
+                         f"{float(X.abs().amax()):.3g}); rescale X (the factors scale with it) or pass float64")
     skipped: dict[int, str] = {}
-    zero = X.flatten(1).amax(dim=1) == 0  # X >= 0 here
+    zero = xx == 0  # X >= 0 here; a sum of squares can underflow, so confirm on the entries
+    if bool(zero.any()):
+        zero = X.flatten(1).amax(dim=1) == 0
     for b in torch.nonzero((n_rows < k) | zero).flatten().tolist():
         nb = int(n_rows[b])
         skipped[b] = (f"{nb} rows < k={k} components: give the class more images or lower k" if nb < k else
@@ -411,39 +449,40 @@ def batched_nmf(
         return _sklearn_loop(X, k, n_rows, valid, skipped, shift, init, W, H, max_iter, tol, seed)
 
     step = _hals_step if solver == "hals" else _mu_step
-    xx = X.flatten(1).pow(2).sum(1)
     xnorm = xx.sqrt().clamp(min=torch.finfo(X.dtype).tiny)
     Wt = W.transpose(1, 2).contiguous()  # (B, k, n)
     H = H.contiguous()
     err0 = _sq_error(xx, Wt @ X, Wt @ Wt.transpose(1, 2), H).sqrt() / xnorm  # (B,)
-    prev = err0.clone()
-    n_iter = torch.zeros(B, dtype=torch.long, device=X.device)
+    # errors at the last two checks, (B, 2): [t − 10, t − 5]; NaN compares false, so the first check is at 10
+    hist = torch.stack([torch.full_like(err0, float("nan")), err0], dim=1)
+    stopped_at = torch.full((B,), max_iter, dtype=torch.long, device=X.device)
     converged = torch.zeros(B, dtype=torch.bool, device=X.device)
     # Converged classes are frozen in place (``live`` False) and dropped from the working copies only once a
     # quarter of them is frozen: each drop copies the remaining data, so dropping one class at a time cost more
     # than the frozen classes' wasted arithmetic.
     idx = torch.nonzero(valid).flatten()
     full = idx.numel() == B  # all classes in the working set: work on the tensors themselves, no copies
-    Xa, Xta, xxa = (X, X.transpose(1, 2).contiguous(), xx) if full else (X[idx], X[idx].transpose(1, 2).contiguous(), xx[idx])
+    Xa, xxa = (X, xx) if full else (X[idx], xx[idx])
     Wa, Ha = (Wt, H) if full else (Wt[idx], H[idx])
     live = torch.ones(idx.numel(), dtype=torch.bool, device=X.device)
     for it in range(1, max_iter + 1):
         if not bool(live.any()):
             break
-        sq = step(Xa, Xta, xxa, Wa, Ha, live, sweeps)
-        n_iter[idx[live]] += 1
-        if it % _CHECK_EVERY:
+        sq = step(Xa, xxa, Wa, Ha, live, sweeps)
+        if it % _CHECK_STRIDE:
             continue
         err = sq.sqrt() / xnorm[idx]
-        done = live & ((prev[idx] - err) < _CHECK_EVERY * tol * err0[idx])
-        prev[idx] = torch.where(live, err, prev[idx])
+        h = hist[idx]
+        done = live & ((h[:, 0] - err) < _CHECK_WINDOW * tol * err0[idx])
+        hist[idx] = torch.where(live[:, None], torch.stack([h[:, 1], err], dim=1), h)
         if bool(done.any()):
             converged[idx[done]] = True
+            stopped_at[idx[done]] = it
             live = live & ~done
             if 4 * int((~live).sum()) >= live.numel():
                 if not full:
                     Wt[idx], H[idx] = Wa, Ha
-                idx, Xa, Xta, xxa, Wa, Ha = idx[live], Xa[live], Xta[live], xxa[live], Wa[live], Ha[live]
+                idx, Xa, xxa, Wa, Ha = idx[live], Xa[live], xxa[live], Wa[live], Ha[live]
                 live = live[live]
                 full = False
     if not full and idx.numel():
@@ -451,6 +490,7 @@ def batched_nmf(
     W = Wt.transpose(1, 2).contiguous()
     error = relative_error(X, W, H)
     error = torch.where(valid, error, torch.full_like(error, float("nan")))
+    n_iter = torch.where(valid, stopped_at, torch.zeros_like(stopped_at))
     return NMFResult(W=W, H=H, error=error, n_iter=n_iter, converged=converged, valid=valid, skipped=skipped,
                      shift=shift)
 

@@ -175,11 +175,56 @@ def test_argument_errors(kw, match):
         batched_nmf(_data(B=2, n=10, C=5), **kw)
 
 
-def test_nan_input_raises():
-    X = _data(B=1, n=5, C=4)
-    X[0, 0, 0] = float("nan")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("row", [0, 4])
+def test_nan_input_raises(bad, row):
+    """Also in a padded row the class does not own (row 4 of class 1 owns 3 rows): NaN is never silently dropped."""
+    X = _data(B=2, n=5, C=4)
+    X[1, row, 2] = bad
     with pytest.raises(ValueError, match="NaN or inf"):
-        batched_nmf(X, 2)
+        batched_nmf(X, 2, n_rows=torch.tensor([5, 3]))
+
+
+def test_overflowing_entries_are_named_not_taken_for_nan():
+    """Finite entries whose squares (or sums) overflow float32: a clear error that names them and the fix."""
+    X = _data(B=2, n=4, C=3).float()
+    for scale in (1e20, 1e37):
+        with pytest.raises(ValueError, match=r"squares of X's entries overflow torch.float32.*rescale X"):
+            batched_nmf(X * scale, 1)
+
+
+def test_subspace_init_equals_exact_svd_init_when_the_spectrum_has_a_gap():
+    """C = 40 > k + 10: the range finder on XᵀX runs; on planted rank-3 data plus noise it gives the init of the
+    full eigendecomposition and of sklearn's own nndsvd/nndsvda (its randomized SVD), and a class alone gets the
+    same init as inside a batch."""
+    g = torch.Generator().manual_seed(11)
+    X = (torch.rand(3, 60, 3, generator=g, dtype=torch.float64) @ torch.rand(3, 3, 40, generator=g, dtype=torch.float64)
+         + 1e-3 * torch.rand(3, 60, 40, generator=g, dtype=torch.float64))
+    for fill, name in [(False, "nndsvd"), (True, "nndsvda")]:
+        W, H = nndsvd_init(X, 3, fill=fill, svd="gram")
+        We, He = nndsvd_init(X, 3, fill=fill, svd="eigh")
+        np.testing.assert_allclose(W.numpy(), We.numpy(), atol=1e-9)
+        np.testing.assert_allclose(H.numpy(), He.numpy(), atol=1e-9)
+        for b in range(3):
+            w, h = _initialize_nmf(X[b].numpy(), 3, init=name, random_state=0)
+            np.testing.assert_allclose(W[b].numpy(), w, atol=1e-6)
+            np.testing.assert_allclose(H[b].numpy(), h, atol=1e-6)
+            Wb, Hb = nndsvd_init(X[b : b + 1], 3, fill=fill, svd="gram")
+            assert torch.equal(Wb[0], W[b]) and torch.equal(Hb[0], H[b])
+
+
+def test_stopping_rule_against_error_trajectory():
+    """The stop iteration is the first t in 10, 15, 20, ... with (e_{t-10} − e_t) / 10 < tol · e_0, where e_t is read
+    off independent fixed-length runs (tol 0, max_iter t: the same deterministic trajectory, stopped at t)."""
+    X, k, tol = _data(B=3, n=40, C=12, seed=12), 3, 3e-4
+    res = batched_nmf(X, k, tol=tol, max_iter=200)
+    W0, H0 = nndsvd_init(X, k)
+    e0 = relative_error(X, W0, H0)
+    for b in range(3):
+        e = {t: float(batched_nmf(X[b : b + 1], k, tol=0.0, max_iter=t).error[0]) for t in range(5, 201, 5)}
+        e[0] = float(e0[b])
+        expected = next(t for t in range(10, 201, 5) if (e[t - 10] - e[t]) / 10 < tol * e[0])
+        assert bool(res.converged[b]) and int(res.n_iter[b]) == expected, (b, int(res.n_iter[b]), expected)
 
 
 def test_relative_error_by_hand():
