@@ -69,6 +69,7 @@ _EPS_ZERO = 1e-6  # nndsvd entries below this become exact zeros
 _OVERSAMPLE = 10
 _CHECK_WINDOW = 10  # iterations the convergence test averages the decrease over (sklearn's mu solver: 10)
 _CHECK_STRIDE = 5  # iterations between convergence checks
+_CPU_BLOCK_BYTES = 32 * 2**20  # X bytes solved together on the CPU (see batched_nmf's block_bytes)
 _POWER_ITERS = 7
 
 
@@ -340,6 +341,7 @@ def batched_nmf(
     W0: torch.Tensor | None = None,
     H0: torch.Tensor | None = None,
     sweeps: int = 2,
+    block_bytes: int | None = None,
 ) -> NMFResult:
     """Factorise every class X[b] ≈ W[b] H[b] with non-negative factors, all classes at once.
 
@@ -362,6 +364,11 @@ def batched_nmf(
             many times, which costs only n·k² (C·k²) each (accelerated HALS, Gillis & Glineur 2012). 2
             (default) needed about a third fewer iterations than 1 on random data for the same error;
             1 is sklearn's ``cd`` iteration exactly.
+        block_bytes: classes are initialised and solved in consecutive blocks whose X takes at most this many
+            bytes (at least one class per block), >= 1. None (default): 32 MiB on the CPU, so that a block stays
+            in the last-level cache through all its iterations (the two products stream X twice per iteration,
+            and from main memory they ran 2.5x slower on 8 classes of 2,940 x 2,048), and one block on other
+            devices. Every class is solved independently, so blocking changes no result.
 
     Returns:
         :class:`NMFResult`.
@@ -377,6 +384,8 @@ def batched_nmf(
     _check_int("max_iter", max_iter, 1)
     _check_int("seed", seed, 0)
     _check_int("sweeps", sweeps, 1)
+    if block_bytes is not None:
+        _check_int("block_bytes", block_bytes, 1)
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
         raise ValueError(f"batched_nmf: tol must be a number >= 0, got {tol!r}")
     if solver not in SOLVERS:
@@ -436,35 +445,67 @@ def batched_nmf(
         if bool((W0 < 0).any()) or bool((H0 < 0).any()):
             raise ValueError("batched_nmf: W0 and H0 must be non-negative")
         W, H = W0.to(X) * rows.to(X.dtype), H0.to(X).clone()
-    elif not bool(valid.any()):
-        W, H = X.new_zeros(B, n, k), X.new_zeros(B, k, C)
-    elif init == "random":
-        W, H = _random_init(X, k, n_rows, seed)
+    elif init == "random" and bool(valid.any()):
+        W, H = _random_init(X, k, n_rows, seed)  # drawn for the whole batch (draws depend on its shape)
     else:
-        W, H = nndsvd_init(X, k, n_rows, fill=init == "nndsvda", seed=seed)
-    vmask = valid[:, None, None].to(X.dtype)
-    W, H = W * vmask, H * vmask
+        W, H = None, None  # nndsvd(a): per block below (or left to sklearn)
 
     if solver == "sklearn":
         return _sklearn_loop(X, k, n_rows, valid, skipped, shift, init, W, H, max_iter, tol, seed)
 
     step = _hals_step if solver == "hals" else _mu_step
-    xnorm = xx.sqrt().clamp(min=torch.finfo(X.dtype).tiny)
-    Wt = W.transpose(1, 2).contiguous()  # (B, k, n)
-    H = H.contiguous()
-    err0 = _sq_error(xx, Wt @ X, Wt @ Wt.transpose(1, 2), H).sqrt() / xnorm  # (B,)
-    # errors at the last two checks, (B, 2): [t − 10, t − 5]; NaN compares false, so the first check is at 10
-    hist = torch.stack([torch.full_like(err0, float("nan")), err0], dim=1)
-    stopped_at = torch.full((B,), max_iter, dtype=torch.long, device=X.device)
+    W_out, H_out = X.new_zeros(B, n, k), X.new_zeros(B, k, C)
+    error = torch.full((B,), float("nan"), dtype=X.dtype, device=X.device)
+    n_iter = torch.zeros(B, dtype=torch.long, device=X.device)
     converged = torch.zeros(B, dtype=torch.bool, device=X.device)
+    for idx in _blocks(torch.nonzero(valid).flatten(), n * C * X.element_size(), X.device, block_bytes):
+        whole = idx.numel() == B
+        Xb = X if whole else X[idx]
+        if W is None:
+            Wb, Hb = nndsvd_init(Xb, k, n_rows[idx], fill=init == "nndsvda", seed=seed)
+        else:
+            Wb, Hb = (W, H) if whole else (W[idx], H[idx])
+        Wt, Hb, it, conv = _solve(step, Xb, xx[idx], Wb, Hb, max_iter, tol, sweeps)
+        Wb = Wt.transpose(1, 2)
+        W_out[idx], H_out[idx] = Wb, Hb
+        error[idx] = relative_error(Xb, Wb, Hb)  # while the block's X is still in the cache
+        n_iter[idx], converged[idx] = it, conv
+    return NMFResult(W=W_out, H=H_out, error=error, n_iter=n_iter, converged=converged, valid=valid,
+                     skipped=skipped, shift=shift)
+
+
+def _blocks(idx: torch.Tensor, class_bytes: int, device: torch.device, block_bytes: int | None) -> list[torch.Tensor]:
+    """Split the class indices ``idx`` into consecutive blocks of at most ``block_bytes`` of X (>= 1 class each)."""
+    if block_bytes is None:
+        block_bytes = _CPU_BLOCK_BYTES if device.type == "cpu" else None
+    if block_bytes is None or idx.numel() == 0:
+        return [idx] if idx.numel() else []
+    size = max(1, block_bytes // max(1, class_bytes))
+    return list(idx.split(size))
+
+
+def _solve(step, X, xx, W, H, max_iter: int, tol: float, sweeps: int):
+    """Iterate ``step`` on a block of valid classes until each converges or ``max_iter``.
+
+    X (b, n, C), xx (b,) = ‖X‖², W (b, n, k), H (b, k, C) starting factors. Returns Wᵀ (b, k, n), H (b, k, C),
+    iterations (b,) and converged (b,).
+    """
+    nb = X.shape[0]
+    xnorm = xx.sqrt().clamp(min=torch.finfo(X.dtype).tiny)
+    Wt = W.transpose(1, 2).contiguous()  # (b, k, n)
+    H = H.contiguous()
+    err0 = _sq_error(xx, Wt @ X, Wt @ Wt.transpose(1, 2), H).sqrt() / xnorm  # (b,)
+    # errors at the last two checks, (b, 2): [t − 10, t − 5]; NaN compares false, so the first check is at 10
+    hist = torch.stack([torch.full_like(err0, float("nan")), err0], dim=1)
+    stopped_at = torch.full((nb,), max_iter, dtype=torch.long, device=X.device)
+    converged = torch.zeros(nb, dtype=torch.bool, device=X.device)
     # Converged classes are frozen in place (``live`` False) and dropped from the working copies only once a
     # quarter of them is frozen: each drop copies the remaining data, so dropping one class at a time cost more
     # than the frozen classes' wasted arithmetic.
-    idx = torch.nonzero(valid).flatten()
-    full = idx.numel() == B  # all classes in the working set: work on the tensors themselves, no copies
-    Xa, xxa = (X, xx) if full else (X[idx], xx[idx])
-    Wa, Ha = (Wt, H) if full else (Wt[idx], H[idx])
-    live = torch.ones(idx.numel(), dtype=torch.bool, device=X.device)
+    idx = torch.arange(nb, device=X.device)
+    full = True  # all classes in the working set: work on the tensors themselves, no copies
+    Xa, xxa, Wa, Ha = X, xx, Wt, H
+    live = torch.ones(nb, dtype=torch.bool, device=X.device)
     for it in range(1, max_iter + 1):
         if not bool(live.any()):
             break
@@ -487,12 +528,7 @@ def batched_nmf(
                 full = False
     if not full and idx.numel():
         Wt[idx], H[idx] = Wa, Ha
-    W = Wt.transpose(1, 2).contiguous()
-    error = relative_error(X, W, H)
-    error = torch.where(valid, error, torch.full_like(error, float("nan")))
-    n_iter = torch.where(valid, stopped_at, torch.zeros_like(stopped_at))
-    return NMFResult(W=W, H=H, error=error, n_iter=n_iter, converged=converged, valid=valid, skipped=skipped,
-                     shift=shift)
+    return Wt, H, stopped_at, converged
 
 
 def _sklearn_loop(X, k, n_rows, valid, skipped, shift, init, W, H, max_iter, tol, seed) -> NMFResult:
@@ -503,7 +539,7 @@ def _sklearn_loop(X, k, n_rows, valid, skipped, shift, init, W, H, max_iter, tol
     from sklearn.exceptions import ConvergenceWarning
 
     B, n, C = X.shape
-    W_out, H_out = torch.zeros_like(W), torch.zeros_like(H)
+    W_out, H_out = X.new_zeros(B, n, k), X.new_zeros(B, k, C)
     n_iter = torch.zeros(B, dtype=torch.long, device=X.device)
     converged = torch.zeros(B, dtype=torch.bool, device=X.device)
     for b in torch.nonzero(valid).flatten().tolist():

@@ -163,6 +163,7 @@ def test_all_zero_and_too_few_rows_are_skipped_with_reason():
     ({"k": 6}, "k=6 components exceed the C=5"),
     ({"k": 2, "max_iter": 0}, "max_iter must be an int >= 1"),
     ({"k": 2, "sweeps": 0}, "sweeps must be an int >= 1"),
+    ({"k": 2, "block_bytes": 0}, "block_bytes must be an int >= 1"),
     ({"k": 2, "tol": -1.0}, "tol must be a number >= 0"),
     ({"k": 2, "solver": "pgd"}, "solver must be one of"),
     ({"k": 2, "init": "svd"}, "init must be one of"),
@@ -252,3 +253,20 @@ def test_class_rows_by_hand():
     assert X[0, :4].tolist() == [[0.0, 4.0], [1.0, 5.0], [2.0, 6.0], [3.0, 7.0]] and torch.all(X[0, 4:] == 0)
     with pytest.raises(ValueError, match="every class needs"):
         class_rows([a, torch.ones(1, 3, 2, 2)])
+
+
+@pytest.mark.parametrize("init", ["nndsvda", "random"])
+def test_cache_blocks_change_no_result(init):
+    """One class per block (block_bytes=1), two per block, and all at once give bitwise the same factors, also with
+    skipped classes between the blocks' members."""
+    X = _data(B=5, n=30, C=8, seed=13).float()
+    X[2] = 0  # skipped: all zero
+    n_rows = torch.tensor([30, 30, 30, 2, 25])  # class 3 skipped: too few rows
+    whole = batched_nmf(X, 3, n_rows=n_rows, init=init, block_bytes=10**9)
+    assert set(whole.skipped) == {2, 3}
+    for block_bytes in (1, 2 * 30 * 8 * 4):
+        part = batched_nmf(X, 3, n_rows=n_rows, init=init, block_bytes=block_bytes)
+        for name in ("W", "H", "n_iter", "converged", "valid"):
+            assert torch.equal(getattr(part, name), getattr(whole, name)), (block_bytes, name)
+        assert torch.equal(part.error.isnan(), whole.error.isnan())
+        assert torch.equal(part.error.nan_to_num(), whole.error.nan_to_num())
