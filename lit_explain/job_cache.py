@@ -4,7 +4,8 @@ Methods that split their work into many independent jobs (one (unit, range) sear
 ...) store each finished job's result in ``<folder>/<stem>_<digest>.json``; ``stem`` makes the file findable by
 a person (``u00012_r3``), ``digest`` hashes the job's *spec*: a JSON-able dict of every input and setting the
 result depends on (cache keys of the activations and the annotations, the unit, the range, the search
-settings, the seed, ...). A rerun after an interruption loads the files whose spec matches instead of
+settings, the seed, ...) and the source code that computes it (:func:`code_digest`, so that a stored job
+is not read back by a version of the library that would compute it differently). A rerun after an interruption loads the files whose spec matches instead of
 recomputing, so it produces the same table; a changed setting changes the digest, so a stale file is never
 reused. Files are written atomically (:func:`lit_explain.atomic.atomic_write_json`): a killed run leaves whole
 files or none, and concurrent DDP ranks, which write disjoint jobs, never collide.
@@ -13,13 +14,15 @@ files or none, and concurrent DDP ranks, which write disjoint jobs, never collid
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from lit_explain.atomic import atomic_write_json
 
-__all__ = ["JobCache", "spec_digest"]
+__all__ = ["JobCache", "code_digest", "spec_digest"]
 
 
 def _plain(o: Any) -> Any:
@@ -30,6 +33,23 @@ def _plain(o: Any) -> Any:
 def spec_digest(spec: dict[str, Any], length: int = 20) -> str:
     """Hex sha256 (first ``length`` characters) of the spec's canonical JSON (sorted keys)."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=_plain).encode()).hexdigest()[:length]
+
+
+@lru_cache(maxsize=None)
+def code_digest(*modules: str) -> str:
+    """Hex sha256 (20 characters) of the source files of the named modules; a package stands for every ``.py``
+    file under its folder. Job specs include it, so editing (or upgrading) the code that computes a job changes
+    its key instead of silently reusing the old result. Read once per process (the source does not change
+    under a running program)."""
+    h = hashlib.sha256()
+    for name in sorted(set(modules)):
+        mod = importlib.import_module(name)
+        path = Path(mod.__file__)
+        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+        for f in files:
+            h.update(f"{name}:{f.relative_to(path.parent).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:20]
 
 
 class JobCache:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lit_explain.job_cache import JobCache, spec_digest
+from lit_explain.job_cache import JobCache, code_digest, spec_digest
 
 
 def test_stored_result_is_loaded_only_for_the_same_spec(tmp_path):
@@ -50,3 +50,23 @@ def test_digest_depends_on_content_not_key_order(tmp_path):
     assert spec_digest({"a": 1}) != spec_digest({"a": 2})
     with pytest.raises(ValueError, match="stem"):
         JobCache(tmp_path).path("a/b", {})
+
+
+def test_code_digest_follows_every_source_file_of_a_module_or_package(tmp_path, monkeypatch):
+    pkg = tmp_path / "jobpkg_probe"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "solver.py").write_text("STEP = 1\n")
+    (pkg / "sub" / "deep.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = {"pkg": code_digest("jobpkg_probe"), "mod": code_digest("jobpkg_probe.solver")}
+    code_digest.cache_clear()
+    assert code_digest("jobpkg_probe") == first["pkg"]  # deterministic
+    (pkg / "sub" / "deep.py").write_text("X = 2\n")  # a file deep in the package, not imported by anyone
+    code_digest.cache_clear()
+    assert code_digest("jobpkg_probe") != first["pkg"]
+    assert code_digest("jobpkg_probe.solver") == first["mod"]  # a module: only its own file
+    (pkg / "solver.py").write_text("STEP = 2\n")
+    code_digest.cache_clear()
+    assert code_digest("jobpkg_probe.solver") != first["mod"]
+    code_digest.cache_clear()

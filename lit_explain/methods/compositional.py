@@ -56,7 +56,7 @@ from lit_explain.concepts.formulas import Formula, parse
 from lit_explain.concepts.optimal import DEFAULT_MAX_NODES, optimal_search
 from lit_explain.concepts.search import SearchContext, SearchSettings, beam_search, detacc_optimal_search
 from lit_explain.concepts.tally import UnitTally, formula_stats
-from lit_explain.job_cache import JobCache
+from lit_explain.job_cache import JobCache, code_digest
 from lit_explain.methods.dissection import DissectionMethod
 from lit_explain.methods.null_baselines import NULL_BASELINES, NullJob
 from lit_explain.metrics.functional.sample_counts import detection_accuracy_from_counts, explanation_metrics_from_counts
@@ -67,6 +67,9 @@ __all__ = ["CompositionalExplanations", "NULL_BASELINES"]
 log = logging.getLogger(__name__)
 #: Seconds between progress messages of the (unit, range) searches.
 PROGRESS_SECONDS = 10.0
+#: the code a stored (unit, range) job depends on (its key includes their source: see job_cache.code_digest)
+_JOB_CODE = ("lit_explain.methods.compositional", "lit_explain.methods.null_baselines", "lit_explain.concepts",
+             "lit_explain.activations", "lit_explain.metrics", "lit_explain.ratios")
 #: Search modes of the (unit, range) jobs.
 SEARCH_MODES = ("beam", "optimal")
 #: Order of the column groups of a row (the CSV's column order follows it).
@@ -191,6 +194,7 @@ class CompositionalExplanations(DissectionMethod):
         """(file stem, spec): the spec holds everything the job's row depends on."""
         hp = self.hparams
         spec = {
+            "code": code_digest(*_JOB_CODE),
             "activations": self.store_key,
             "index": self.concept_index.fingerprint(),
             "vocabulary": hashlib.sha256(json.dumps(self.vocabulary.to_dict()).encode()).hexdigest()[:16],

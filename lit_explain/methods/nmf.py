@@ -60,7 +60,7 @@ from lit_explain.decomposition.hyperplanes import (contrastive_mask, pad_classes
                                                   shifted_probabilities)
 from lit_explain.decomposition.nmf import INITS, SOLVERS, batched_nmf, class_rows
 from lit_explain.decomposition.prototypes import TopCells, merge_top_cells, pool_grid, top_cells
-from lit_explain.job_cache import JobCache
+from lit_explain.job_cache import JobCache, code_digest
 from lit_explain.methods.base import LayerMethod
 from lit_explain.methods.nmf_ops import (LayerHead, cell_window, class_probability, component_shares, crop_cells,
                                          fill_corner, image_codes, paste_patch, select_class_images, top_loadings)
@@ -76,6 +76,9 @@ SWAP_READS = ("same_offset", "previous_offset")
 STRIP_AXES = ("vertical", "horizontal")
 #: Bumped when a change alters the per-class results stored in the job cache.
 JOB_VERSION = 1
+#: the code a class's stored job depends on (its key includes their source: see job_cache.code_digest)
+_JOB_CODE = ("lit_explain.methods.nmf", "lit_explain.methods.nmf_ops", "lit_explain.decomposition",
+             "lit_explain.attribution")
 _PAPER_OFFSETS = (0.0, 0.5, 1.0, 2.0, 10.0, 15.0, 20.0, 35.0, 50.0, 200.0)
 
 
@@ -379,7 +382,7 @@ class NMFConcepts(LayerMethod):
                                             "smoothgrad_noise")})
             if hp.smoothgrad_noise == "captum":
                 spec["relevance_batch_size"] = hp.relevance_batch_size
-        return {"version": JOB_VERSION, "activations": self.store_key, "class": int(c),
+        return {"version": JOB_VERSION, "code": code_digest(*_JOB_CODE), "activations": self.store_key, "class": int(c),
                 "images": [int(i) for i in images], **spec}
 
     def factorise(self, todo: list[int], selected: dict[int, torch.Tensor]) -> dict[int, dict[str, Any]]:

@@ -168,6 +168,11 @@ def test_resume_reuses_finished_jobs_and_gives_the_same_table(miniature, monkeyp
     assert resumed == clean
     total_jobs = len(read_csv(miniature / "x" / "explanations.csv"))
     assert calls["r"] == 2 * (total_jobs - len(finished))  # finished jobs were not searched again
+    # another version of the search code (a changed source digest) reuses none of the stored jobs
+    monkeypatch.setattr(mod, "code_digest", lambda *modules: "another-version")
+    calls["r"] = 0
+    _run(miniature, out="x", num_clusters=2, length=2, quantile=0.2)
+    assert calls["r"] == 2 * total_jobs
 
 
 @pytest.mark.ddp

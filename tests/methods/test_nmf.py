@@ -160,6 +160,11 @@ def test_interrupted_fit_resumes_per_class(world, tmp_path, monkeypatch, fitted)
     assert m.resumed_classes == 2 and len(counted) == 2  # the two finished classes were read back, not refitted
     ref, _ = fitted  # one uninterrupted fit, all classes in one batch (float32: equal up to rounding)
     torch.testing.assert_close(m.components, ref.components, rtol=1e-4, atol=1e-6)
+    # another version of the solver's code (a changed source digest) reuses none of the stored classes
+    monkeypatch.setattr(nmf_module, "code_digest", lambda *modules: "another-version")
+    counted.clear()
+    m = _fit(_method(world, tmp_path, classes_per_pass=1, pairs=[]), world, write=False)
+    assert m.resumed_classes == 0 and len(counted) == len(NMF_CLASSES)
 
 
 def test_too_few_images_is_a_logged_skip(world, tmp_path, caplog):
