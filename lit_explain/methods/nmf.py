@@ -17,7 +17,8 @@ concept components of one layer:
    ``components`` (6) rows of H per class, solved for many classes in one batched HALS run on the device
    (:func:`~lit_explain.decomposition.nmf.batched_nmf`; sklearn as a parity backend). Each finished class is
    stored at once (:class:`~lit_explain.job_cache.JobCache`, keyed on the activations' content key, the images,
-   and every setting), so an interrupted fit resumes per class. Reconstruction errors go to TensorBoard.
+   every setting and the source of the code that computes it), so an interrupted fit resumes per class.
+   Reconstruction errors go to TensorBoard.
 5. **Prototypes.** The layer's activations are pooled over ``grid_pool`` x ``grid_pool`` cells; the cells most
    similar (cosine) to each component, from all images and from images not predicted as the class, are cropped
    from the images (a fixed pixel window per cell) and drawn as one strip per component.
@@ -34,7 +35,9 @@ concept components of one layer:
 Outputs (through :class:`~lit_explain.results.MethodResult`, written by the CLI's result writer at the end of
 fit): ``components`` (one row per class and component: top units with loadings, share, prototype picture and
 images, the class's prediction-test numbers), ``classes`` (one row per class), ``contrasts`` (one row per pair),
-pictures ``prototypes/<class>/component_<k>.png``, TensorBoard scalars.
+``contrastive_components`` (the "why A rather than B" components of each pair), pictures
+``prototypes/<class>/component_<k>.png``, TensorBoard scalars, and ``report.html`` with two linked views: the
+classes with their components and prototype strips, and the contrasted pairs with their figures and components.
 
 Processes: images, classes and pool chunks are cut into fixed chunks that do not depend on the process count and
 shared round-robin; per-class results, prototype candidates and predictions are gathered in a canonical order,
