@@ -159,12 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    from threadpoolctl import threadpool_limits
+    import sklearn.decomposition  # noqa: F401  (load its BLAS and OpenMP before limiting: threadpoolctl only
+    from threadpoolctl import threadpool_info, threadpool_limits  # limits the libraries already loaded)
 
     threadpool_limits(args.threads)
+    pools = sorted({(p["internal_api"], p["num_threads"]) for p in threadpool_info()})
+    if any(n != args.threads for _, n in pools):
+        raise RuntimeError(f"bench/nmf.py: thread pools not limited to {args.threads}: {pools}")
     t0 = time.perf_counter()
     result = {"argv": sys.argv[1:] if argv is None else list(argv), "device": str(device),
-              "threads": args.threads,
+              "threads": args.threads, "thread_pools": pools,
               "nmf": bench_nmf(args, device, args.classes, args.rows, args.channels, args.loop_classes),
               "nmf_paper_shape": (bench_nmf(args, device, args.paper_classes, 2940, 2048, args.paper_loop_classes)
                                   if args.paper_classes else None),

@@ -122,9 +122,29 @@ def class_rows(maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def relative_error(X: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """(B,) ‖X − W H‖_F / ‖X‖_F for X (B, n, C), W (B, n, k), H (B, k, C); NaN where X is all zero."""
-    num = torch.baddbmm(X, W, H, alpha=-1).flatten(1).norm(dim=1)
-    den = X.flatten(1).norm(dim=1)
+    """(B,) ‖X − W H‖_F / ‖X‖_F for X (B, n, C), W (B, n, k), H (B, k, C); NaN where X is all zero.
+
+    The residual is formed a few rows at a time (about 2 MB of temporaries), not as one (B, n, C) tensor: a
+    fresh allocation of X's size cost more in page faults than the arithmetic.
+    """
+    return _relative_error(X, W, H, _sq_norms(X))
+
+
+def _sq_norms(X: torch.Tensor) -> torch.Tensor:
+    """(B,) ‖X[b]‖²_F as one batched dot product (no temporary of X's size)."""
+    Xf = X.reshape(X.shape[0], 1, -1)
+    return (Xf @ Xf.transpose(1, 2)).flatten()
+
+
+def _relative_error(X: torch.Tensor, W: torch.Tensor, H: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+    """:func:`relative_error` given xx (B,) = ‖X‖²."""
+    B, n, C = X.shape
+    step = max(1, (1 << 19) // max(1, B * C))
+    num2 = X.new_zeros(B)
+    for s in range(0, n, step):
+        R = torch.baddbmm(X[:, s : s + step], W[:, s : s + step], H, alpha=-1)
+        num2 += torch.linalg.vector_norm(R.flatten(1), dim=1).square()
+    num, den = num2.sqrt(), xx.sqrt()
     return torch.where(den > 0, num / den.clamp(min=torch.finfo(X.dtype).tiny), torch.full_like(den, float("nan")))
 
 
@@ -399,15 +419,20 @@ def batched_nmf(
     n_rows = torch.as_tensor(n_rows, device=X.device).long()
     if n_rows.shape != (B,) or bool(((n_rows < 0) | (n_rows > n)).any()):
         raise ValueError(f"batched_nmf: n_rows must be (B,)=({B},) ints in 0..{n}, got {n_rows.tolist()}")
-    # one pass instead of a (B, n, C) mask: a NaN or inf entry makes its class's sum non-finite; only then (or
-    # when huge finite entries overflow the sum) is every entry checked
-    if not bool(torch.isfinite(X.sum(dim=(1, 2))).all()) and not bool(torch.isfinite(X).all()):
-        raise ValueError("batched_nmf: X contains NaN or inf; check the activations / relevance maps feeding it")
+    # X is validated in two passes: the sum of squares per class (non-finite when an entry is NaN or inf, or
+    # when the squares overflow; only then is every entry inspected) and the minimum per class
+    xx = _sq_norms(X)
+    if not bool(torch.isfinite(xx).all()):
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("batched_nmf: X contains NaN or inf; check the activations / relevance maps feeding it")
+        raise ValueError(f"batched_nmf: the squares of X's entries overflow {X.dtype} (largest entry "
+                         f"{float(X.abs().amax()):.3g}); rescale X (the factors scale with it) or pass float64")
     rows = _row_mask(n_rows, n)
     if bool((n_rows < n).any()):
         X = X * rows.to(X.dtype)
         big = torch.tensor(float("inf"), dtype=X.dtype, device=X.device)
         mins = torch.where(rows, X, big).amin(dim=(1, 2))  # (B,) inf for classes without rows
+        xx = _sq_norms(X)
     else:
         mins = X.amin(dim=(1, 2))
     shift = torch.zeros(B, dtype=X.dtype, device=X.device)
@@ -420,12 +445,8 @@ def batched_nmf(
                 "class's minimum (the components then describe X - min)")
         shift = torch.where(torch.isfinite(mins) & (mins < 0), mins, shift)
         X = (X - shift[:, None, None]) * rows.to(X.dtype)
+        xx = _sq_norms(X)
 
-    Xf = X.reshape(B, 1, n * C)
-    xx = (Xf @ Xf.transpose(1, 2)).flatten()  # (B,) ‖X‖² as one batched dot, no (B, n, C) temporary
-    if not bool(torch.isfinite(xx).all()):
-        raise ValueError(f"batched_nmf: the squares of X's entries overflow {X.dtype} (largest entry "
-                         f"{float(X.abs().amax()):.3g}); rescale X (the factors scale with it) or pass float64")
     skipped: dict[int, str] = {}
     zero = xx == 0  # X >= 0 here; a sum of squares can underflow, so confirm on the entries
     if bool(zero.any()):
@@ -459,19 +480,26 @@ def batched_nmf(
     n_iter = torch.zeros(B, dtype=torch.long, device=X.device)
     converged = torch.zeros(B, dtype=torch.bool, device=X.device)
     for idx in _blocks(torch.nonzero(valid).flatten(), n * C * X.element_size(), X.device, block_bytes):
-        whole = idx.numel() == B
-        Xb = X if whole else X[idx]
+        Xb = _take(X, idx)
         if W is None:
             Wb, Hb = nndsvd_init(Xb, k, n_rows[idx], fill=init == "nndsvda", seed=seed)
         else:
-            Wb, Hb = (W, H) if whole else (W[idx], H[idx])
+            Wb, Hb = _take(W, idx), _take(H, idx)
         Wt, Hb, it, conv = _solve(step, Xb, xx[idx], Wb, Hb, max_iter, tol, sweeps)
         Wb = Wt.transpose(1, 2)
         W_out[idx], H_out[idx] = Wb, Hb
-        error[idx] = relative_error(Xb, Wb, Hb)  # while the block's X is still in the cache
+        error[idx] = _relative_error(Xb, Wb, Hb, xx[idx])  # while the block's X is still in the cache
         n_iter[idx], converged[idx] = it, conv
     return NMFResult(W=W_out, H=H_out, error=error, n_iter=n_iter, converged=converged, valid=valid,
                      skipped=skipped, shift=shift)
+
+
+def _take(T: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """T[idx] along dim 0, as a view (no copy) when idx is a run of consecutive indices."""
+    a = int(idx[0])
+    if int(idx[-1]) - a + 1 == idx.numel():
+        return T[a : a + idx.numel()]
+    return T[idx]
 
 
 def _blocks(idx: torch.Tensor, class_bytes: int, device: torch.device, block_bytes: int | None) -> list[torch.Tensor]:
