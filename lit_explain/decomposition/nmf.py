@@ -40,7 +40,8 @@ float precision.
 
 Memory: X once, plus O(B·(n + C)·k) for the factors and products (the init's Gram matrices add B·C² float64).
 
-Blocks: on the CPU the classes are initialised and solved in consecutive blocks of about 32 MiB of X, each to
+Blocks: on the CPU the classes are initialised and solved in consecutive blocks of about 32 MiB of X per thread
+(two threads ran fastest with two 24 MiB classes per block), each to
 convergence before the next, so that a block's data stays in the last-level cache through its iterations; with
 large layers (2,940 x 2,048 per class) streaming all classes from main memory ran the products 2.5x slower. Every
 class is solved independently, so the blocks change no result.
@@ -49,10 +50,10 @@ Padding: class b owns the first ``n_rows[b]`` rows of X[b]; the rest are ignored
 keep zero rows of W under both solvers, so a padded class gets the same factors as when run alone.
 
 Convergence: per class, the relative error e_t = ‖X − W H‖_F / ‖X‖_F (from traces, without forming W H) is
-checked every 5 iterations from iteration 10 on, and a class stops when its mean decrease per iteration over the
-last 10 iterations, (e_{t-10} − e_t) / 10, is below tol · e_0 (sklearn's ``mu`` solver averages over 10
-iterations too; a per-step test stopped on short plateaus, and checking only every 10 iterations ran on for 5
-iterations past the crossing on average). A stopped class is no longer updated; the loop ends when all have
+checked after every iteration from iteration 10 on, and a class stops when its mean decrease per iteration over
+the last 10 iterations, (e_{t-10} − e_t) / 10, is below tol · e_0 (sklearn's ``mu`` solver averages over 10
+iterations too; the decrease of a single step stopped on short plateaus, and checking only every 10 iterations
+ran on for 5 iterations past the crossing on average). A stopped class is no longer updated; the loop ends when all have
 stopped or after ``max_iter`` iterations.
 
 Bad input: NaN/inf raise; negative entries raise (naming the minimum and the class), unless
@@ -73,8 +74,7 @@ INITS = ("nndsvda", "nndsvd", "random", "custom")
 _EPS_ZERO = 1e-6  # nndsvd entries below this become exact zeros
 _OVERSAMPLE = 10
 _CHECK_WINDOW = 10  # iterations the convergence test averages the decrease over (sklearn's mu solver: 10)
-_CHECK_STRIDE = 5  # iterations between convergence checks
-_CPU_BLOCK_BYTES = 32 * 2**20  # X bytes solved together on the CPU (see batched_nmf's block_bytes)
+_CPU_BLOCK_BYTES = 32 * 2**20  # X bytes per CPU thread solved together (see batched_nmf's block_bytes)
 _POWER_ITERS = 7
 
 
@@ -204,7 +204,7 @@ def _top_singular(X: torch.Tensor, k: int, seed: int, method: str = "auto") -> t
     omega = torch.randn(C, l, generator=g, dtype=torch.float64).to(device=X.device, dtype=X.dtype)
     Q = torch.linalg.qr(X @ omega).Q  # (B, n, min(n, l))
     for _ in range(_POWER_ITERS):
-        Q = torch.linalg.qr(X.transpose(1, 2) @ Q).Q  # (B, C, .)
+        Q = torch.linalg.qr((Q.mT @ X).mT).Q  # (B, C, .): Xᵀ Q as (Qᵀ X)ᵀ, which ran 1.8x faster on the CPU
         Q = torch.linalg.qr(X @ Q).Q  # (B, n, .)
     Ub, S, Vh = torch.linalg.svd(Q.transpose(1, 2) @ X, full_matrices=False)
     U = Q @ Ub
@@ -390,7 +390,7 @@ def batched_nmf(
             (default) needed about a third fewer iterations than 1 on random data for the same error;
             1 is sklearn's ``cd`` iteration exactly.
         block_bytes: classes are initialised and solved in consecutive blocks whose X takes at most this many
-            bytes (at least one class per block), >= 1. None (default): 32 MiB on the CPU, so that a block stays
+            bytes (at least one class per block), >= 1. None (default): 32 MiB per CPU thread, so that a block stays
             in the last-level cache through all its iterations (the two products stream X twice per iteration,
             and from main memory they ran 2.5x slower on 8 classes of 2,940 x 2,048), and one block on other
             devices. Every class is solved independently, so blocking changes no result.
@@ -510,7 +510,7 @@ def _take(T: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def _blocks(idx: torch.Tensor, class_bytes: int, device: torch.device, block_bytes: int | None) -> list[torch.Tensor]:
     """Split the class indices ``idx`` into consecutive blocks of at most ``block_bytes`` of X (>= 1 class each)."""
     if block_bytes is None:
-        block_bytes = _CPU_BLOCK_BYTES if device.type == "cpu" else None
+        block_bytes = _CPU_BLOCK_BYTES * torch.get_num_threads() if device.type == "cpu" else None
     if block_bytes is None or idx.numel() == 0:
         return [idx] if idx.numel() else []
     size = max(1, block_bytes // max(1, class_bytes))
@@ -528,8 +528,9 @@ def _solve(step, X, xx, W, H, max_iter: int, tol: float, sweeps: int):
     Wt = W.transpose(1, 2).contiguous()  # (b, k, n)
     H = H.contiguous()
     err0 = _sq_error(xx, Wt @ X, Wt @ Wt.transpose(1, 2), H).sqrt() / xnorm  # (b,)
-    # errors at the last two checks, (b, 2): [t − 10, t − 5]; NaN compares false, so the first check is at 10
-    hist = torch.stack([torch.full_like(err0, float("nan")), err0], dim=1)
+    # the error after every iteration, (b, max_iter + 1), column 0 the start; NaN (not reached) compares false
+    hist = torch.full((nb, max_iter + 1), float("nan"), dtype=err0.dtype, device=X.device)
+    hist[:, 0] = err0
     stopped_at = torch.full((nb,), max_iter, dtype=torch.long, device=X.device)
     converged = torch.zeros(nb, dtype=torch.bool, device=X.device)
     # Converged classes are frozen in place (``live`` False) and dropped from the working copies only once a
@@ -543,12 +544,11 @@ def _solve(step, X, xx, W, H, max_iter: int, tol: float, sweeps: int):
         if not bool(live.any()):
             break
         sq = step(Xa, xxa, Wa, Ha, live, sweeps)
-        if it % _CHECK_STRIDE:
-            continue
         err = sq.sqrt() / xnorm[idx]
-        h = hist[idx]
-        done = live & ((h[:, 0] - err) < _CHECK_WINDOW * tol * err0[idx])
-        hist[idx] = torch.where(live[:, None], torch.stack([h[:, 1], err], dim=1), h)
+        hist[idx, it] = err
+        if it < _CHECK_WINDOW:
+            continue
+        done = live & ((hist[idx, it - _CHECK_WINDOW] - err) < _CHECK_WINDOW * tol * err0[idx])
         if bool(done.any()):
             converged[idx[done]] = True
             stopped_at[idx[done]] = it
