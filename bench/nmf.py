@@ -4,7 +4,8 @@
   data, same nndsvda init, tolerance and iteration cap (classes per second; also the mean error ratio), at two
   shapes: a small one (``--classes`` of ``--rows`` x ``--channels``, default 64 of 980 x 128: 20 images of 7 x 7
   cells) and the paper's ResNet-50 layer4.2
-  (60 images x 7 x 7 = 2,940 rows x 2,048 channels, ``--paper-classes``; 0 skips it);
+  (60 images x 7 x 7 = 2,940 rows x 2,048 channels, ``--paper-classes``; 0 skips it; ``--paper-rows 11760
+  --paper-channels 1024`` for layer3.5);
 * relevance: DeepLift + SmoothGrad and gradient x activation at a batch vs one image at a time (images per
   second), on the synthetic world's CNN (random weights, 64 x 64 images, layer3);
 * hyperplanes: all ordered class pairs in one batched gradient descent vs one nn.Linear + SGD per pair, same
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--paper-classes", type=int, default=8,
                    help="classes of the paper-shape NMF block (2,940 x 2,048, ResNet-50 layer4.2); 0 skips it")
     p.add_argument("--paper-loop-classes", type=int, default=2, help="of those, classes run through sklearn")
+    p.add_argument("--paper-rows", type=int, default=2940,
+                   help="rows of a paper-shape class: 60 images x 7 x 7 (layer4.2); 11760 = 60 x 14 x 14 (layer3.5)")
+    p.add_argument("--paper-channels", type=int, default=2048, help="2048 (layer4.2) or 1024 (layer3.5)")
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--loop-images", type=int, default=8)
     p.add_argument("--hp-classes", type=int, default=60)
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"argv": sys.argv[1:] if argv is None else list(argv), "device": str(device),
               "threads": args.threads, "thread_pools": pools,
               "nmf": bench_nmf(args, device, args.classes, args.rows, args.channels, args.loop_classes),
-              "nmf_paper_shape": (bench_nmf(args, device, args.paper_classes, 2940, 2048, args.paper_loop_classes)
+              "nmf_paper_shape": (bench_nmf(args, device, args.paper_classes, args.paper_rows, args.paper_channels,
+                                            args.paper_loop_classes)
                                   if args.paper_classes else None),
               "relevance": bench_relevance(args, device),
               "hyperplanes": bench_hyperplanes(args, device)}
