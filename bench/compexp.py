@@ -40,6 +40,8 @@ from lit_explain.concepts.heuristics import LeafGeometry  # noqa: E402
 from lit_explain.concepts.index import ConceptIndex  # noqa: E402
 from lit_explain.concepts.search import SearchContext, SearchSettings, beam_search  # noqa: E402
 
+from bench._world import Vocabulary, dense_of, label_planes, noisy  # noqa: E402
+
 N_COLORS, N_OBJECTS, N_PARTS, N_SCENES, N_TEXTURES = 11, 20, 10, 10, 5
 COLOR0 = OBJECT0 = PART0 = SCENE0 = TEXTURE0 = NUM_CONCEPTS = 0
 
@@ -74,32 +76,8 @@ def make_planes(n: int, size: int, seed: int, start: int = 0) -> tuple[torch.Ten
     Image i depends only on (seed, start + i), so a dataset of 2N images extends the one of N images.
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + start)
-    yy = torch.arange(size).view(1, size, 1)
-    xx = torch.arange(size).view(1, 1, size)
-    color = torch.randint(0, N_COLORS, (n, 1, 1), generator=g).expand(n, size, size).clone()
-    obj = torch.full((n, size, size), -1, dtype=torch.int64)
-    part = torch.full((n, size, size), -1, dtype=torch.int64)
-    for _ in range(3):
-        present = torch.rand(n, generator=g) < 0.7
-        h = (torch.rand(n, generator=g) * 0.45 + 0.15) * size
-        w = (torch.rand(n, generator=g) * 0.45 + 0.15) * size
-        y0 = torch.rand(n, generator=g) * (size - h)
-        x0 = torch.rand(n, generator=g) * (size - w)
-        cls = torch.randint(0, N_OBJECTS, (n,), generator=g)
-        col = torch.randint(0, N_COLORS, (n,), generator=g)
-        inside = ((yy >= y0.view(n, 1, 1)) & (yy < (y0 + h).view(n, 1, 1)) & (xx >= x0.view(n, 1, 1))
-                  & (xx < (x0 + w).view(n, 1, 1)) & present.view(n, 1, 1))
-        top = inside & (yy < (y0 + h / 3).view(n, 1, 1))
-        color = torch.where(inside, col.view(n, 1, 1), color)
-        obj = torch.where(inside, cls.view(n, 1, 1), obj)
-        part = torch.where(inside, -1, part)
-        part = torch.where(top, (cls % N_PARTS).view(n, 1, 1), part)
-    planes = torch.stack([color + COLOR0, torch.where(obj >= 0, obj + OBJECT0, -1),
-                          torch.where(part >= 0, part + PART0, -1)], 1).reshape(n, 3, size * size)
-    image_level = torch.zeros(n, NUM_CONCEPTS, dtype=torch.bool)
-    image_level[torch.arange(n), SCENE0 + torch.randint(0, N_SCENES, (n,), generator=g)] = True
-    tex = torch.rand(n, generator=g) < 0.3
-    image_level[torch.nonzero(tex).flatten(), TEXTURE0 + torch.randint(0, N_TEXTURES, (int(tex.sum()),), generator=g)] = True
+    voc = Vocabulary(N_COLORS, N_OBJECTS, N_PARTS, N_SCENES, N_TEXTURES)  # the ids of set_vocabulary
+    planes, image_level = label_planes(n, size, voc, g)
     return planes.to(torch.int16), image_level
 
 
@@ -133,13 +111,8 @@ def make_index(n: int, size: int, seed: int, chunk: int = 1000) -> tuple[Concept
     return ConceptIndex(offs, cons, levels, (size, size)), planes_all
 
 
-def dense_concept(planes: torch.Tensor, image_level: torch.Tensor, c: int) -> torch.Tensor:
-    return (planes == c).any(1) | image_level[:, c, None]
-
-
 def units(planes: torch.Tensor, image_level: torch.Tensor, count: int, seed: int) -> list[tuple[str, torch.Tensor]]:
     """Noisy planted (unit, range) bitmaps (N, H) bool."""
-    d = lambda c: dense_concept(planes, image_level, c)  # noqa: E731
     specs = [
         And(Or(Leaf(OBJECT0 + 3), Leaf(OBJECT0 + 7)), Not(Leaf(COLOR0 + 2))),
         Or(And(Leaf(SCENE0 + 4), Leaf(COLOR0 + 6)), Leaf(OBJECT0 + 1)),
@@ -150,17 +123,7 @@ def units(planes: torch.Tensor, image_level: torch.Tensor, count: int, seed: int
     g = torch.Generator().manual_seed(seed)
     out = []
     for f in specs[:count]:
-        def ev(x):
-            if isinstance(x, Leaf):
-                return d(x.concept)
-            if isinstance(x, Not):
-                return ~ev(x.operand)
-            l, r = ev(x.left), ev(x.right)
-            return l & r if isinstance(x, And) else l | r
-        base = ev(f)
-        flip = torch.rand(base.shape, generator=g) < 0.002
-        drop = torch.rand(base.shape, generator=g) < 0.05
-        out.append((f.to_str(concept_names()), (base & ~drop) | flip))
+        out.append((f.to_str(concept_names()), noisy(dense_of(planes, image_level, f), g)))
     return out
 
 

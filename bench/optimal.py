@@ -35,69 +35,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_explain.concepts.formulas import And, Formula, Leaf, Not, Or  # noqa: E402
+from lit_explain.concepts.formulas import And, Leaf, Not, Or  # noqa: E402
 from lit_explain.concepts.index import ConceptIndex  # noqa: E402
 from lit_explain.concepts.optimal import DEFAULT_MAX_NODES, optimal_search  # noqa: E402
 from lit_explain.concepts.search import beam_search  # noqa: E402
 from lit_explain.concepts.tally import SearchContext, UnitTally  # noqa: E402
 
+from bench._world import Vocabulary, dense_of, label_planes, noisy  # noqa: E402
+
 
 # ---------------------------------------------------------------------- worlds
-class Vocabulary:
-    """Concept id ranges of a Broden-like vocabulary: colours, objects, parts, scenes, textures."""
-
-    def __init__(self, colors: int, objects: int, parts: int, scenes: int, textures: int) -> None:
-        self.sizes = dict(colors=colors, objects=objects, parts=parts, scenes=scenes, textures=textures)
-        self.color0, self.object0 = 0, colors
-        self.part0 = self.object0 + objects
-        self.scene0 = self.part0 + parts
-        self.texture0 = self.scene0 + scenes
-        self.total = self.texture0 + textures
-        self.objects, self.parts, self.scenes, self.textures, self.colors = objects, parts, scenes, textures, colors
-
-
 def broden_like(n: int, size: int, voc: Vocabulary, seed: int) -> tuple[ConceptIndex, torch.Tensor, torch.Tensor]:
     """(index, label planes (n, 3, H) int64 with -1 = none, image-level labels (n, C) bool)."""
-    g = torch.Generator().manual_seed(seed)
-    yy = torch.arange(size).view(1, size, 1)
-    xx = torch.arange(size).view(1, 1, size)
-    color = torch.randint(0, voc.colors, (n, 1, 1), generator=g).expand(n, size, size).clone()
-    obj = torch.full((n, size, size), -1, dtype=torch.int64)
-    part = torch.full((n, size, size), -1, dtype=torch.int64)
-    for _ in range(3):
-        present = torch.rand(n, generator=g) < 0.7
-        h = (torch.rand(n, generator=g) * 0.45 + 0.15) * size
-        w = (torch.rand(n, generator=g) * 0.45 + 0.15) * size
-        y0 = torch.rand(n, generator=g) * (size - h)
-        x0 = torch.rand(n, generator=g) * (size - w)
-        cls = torch.randint(0, voc.objects, (n,), generator=g)
-        col = torch.randint(0, voc.colors, (n,), generator=g)
-        inside = ((yy >= y0.view(n, 1, 1)) & (yy < (y0 + h).view(n, 1, 1)) & (xx >= x0.view(n, 1, 1))
-                  & (xx < (x0 + w).view(n, 1, 1)) & present.view(n, 1, 1))
-        top = inside & (yy < (y0 + h / 3).view(n, 1, 1))
-        color = torch.where(inside, col.view(n, 1, 1), color)
-        obj = torch.where(inside, cls.view(n, 1, 1), obj)
-        part = torch.where(inside, -1, part)
-        part = torch.where(top, (cls % voc.parts).view(n, 1, 1), part)
-    planes = torch.stack([color + voc.color0, torch.where(obj >= 0, obj + voc.object0, -1),
-                          torch.where(part >= 0, part + voc.part0, -1)], 1).reshape(n, 3, size * size)
-    level = torch.zeros(n, voc.total, dtype=torch.bool)
-    level[torch.arange(n), voc.scene0 + torch.randint(0, voc.scenes, (n,), generator=g)] = True
-    tex = torch.nonzero(torch.rand(n, generator=g) < 0.3).flatten()
-    level[tex, voc.texture0 + torch.randint(0, voc.textures, (len(tex),), generator=g)] = True
+    planes, level = label_planes(n, size, voc, torch.Generator().manual_seed(seed))
     flat = planes.permute(0, 2, 1).reshape(-1)  # pixel-major: entries sorted by offset
     keep = torch.nonzero(flat >= 0).flatten()
     index = ConceptIndex(keep // 3, flat[keep], level, (size, size))
     return index, planes, level
-
-
-def dense_of(planes: torch.Tensor, level: torch.Tensor, f: Formula) -> torch.Tensor:
-    if isinstance(f, Leaf):
-        return (planes == f.concept).any(1) | level[:, f.concept, None]
-    if isinstance(f, Not):
-        return ~dense_of(planes, level, f.operand)
-    left, right = dense_of(planes, level, f.left), dense_of(planes, level, f.right)
-    return left & right if isinstance(f, And) else left | right
 
 
 def planted_units(planes, level, voc: Vocabulary, count: int, seed: int) -> list[tuple[str, torch.Tensor]]:
@@ -113,10 +67,7 @@ def planted_units(planes, level, voc: Vocabulary, count: int, seed: int) -> list
     out = []
     for k in range(count):
         f = specs[k % len(specs)]
-        base = dense_of(planes, level, f)
-        flip = torch.rand(base.shape, generator=g) < 0.002
-        drop = torch.rand(base.shape, generator=g) < 0.05
-        out.append((f.to_str(), (base & ~drop) | flip))
+        out.append((f.to_str(), noisy(dense_of(planes, level, f), g)))
     return out
 
 
