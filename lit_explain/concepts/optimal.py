@@ -101,6 +101,7 @@ from lit_explain.concepts.tally import (
     extension_counts,
     formula_stats,
     iou_from_counts,
+    search_inputs,
 )
 
 __all__ = ["OptimalResult", "optimal_search", "DEFAULT_MAX_NODES"]
@@ -541,13 +542,7 @@ def optimal_search(
         raise ValueError(f"time_budget must be None or a number of seconds > 0, got {time_budget!r}")
     if seed is not None and not isinstance(seed, Formula):
         raise ValueError(f"seed must be None or a Formula, got {type(seed).__name__}")
-    ctx = index if isinstance(index, SearchContext) else SearchContext(index)
-    tally = bitmap if isinstance(bitmap, UnitTally) else UnitTally.build(ctx, bitmap)
-    allowed = torch.ones(ctx.num_concepts, dtype=torch.bool)
-    if concepts_allowed is not None:
-        allowed = torch.as_tensor(concepts_allowed, dtype=torch.bool)
-        if allowed.shape != (ctx.num_concepts,):
-            raise ValueError(f"concepts_allowed must have shape ({ctx.num_concepts},), got {tuple(allowed.shape)}")
+    ctx, tally, allowed = search_inputs(index, bitmap, concepts_allowed)
     cand = allowed & (ctx.concept_areas > 0)
     if seed is not None:
         bad = [c for c in seed.concepts if not 0 <= c < ctx.num_concepts or not bool(cand[c])]

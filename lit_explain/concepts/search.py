@@ -47,7 +47,7 @@ from lit_explain.concepts.formulas import OPS, Formula, Leaf, extend
 from lit_explain.concepts.heuristics import HEURISTICS, LeafGeometry, SideInfo, bounding_boxes, estimate
 from lit_explain.concepts.heuristics import inscribed_rectangles
 from lit_explain.concepts.index import ConceptIndex
-from lit_explain.concepts.tally import SearchContext, UnitTally, extension_counts, formula_stats
+from lit_explain.concepts.tally import SearchContext, UnitTally, extension_counts, formula_stats, search_inputs
 from lit_explain.ratios import iou_from_counts
 
 __all__ = ["SCORERS", "SearchSettings", "BeamEntry", "SearchResult", "beam_search", "detacc_optimal_search",
@@ -357,13 +357,7 @@ def _heuristic_step(
 def _prepare(
     index: ConceptIndex | SearchContext, bitmap: "torch.Tensor | UnitTally", concepts_allowed: torch.Tensor | None
 ) -> tuple[SearchContext, UnitTally, torch.Tensor, torch.Tensor]:
-    ctx = index if isinstance(index, SearchContext) else SearchContext(index)
-    tally = bitmap if isinstance(bitmap, UnitTally) else UnitTally.build(ctx, bitmap)
-    allowed = torch.ones(ctx.num_concepts, dtype=torch.bool)
-    if concepts_allowed is not None:
-        allowed = torch.as_tensor(concepts_allowed, dtype=torch.bool)
-        if allowed.shape != (ctx.num_concepts,):
-            raise ValueError(f"concepts_allowed must have shape ({ctx.num_concepts},), got {tuple(allowed.shape)}")
+    ctx, tally, allowed = search_inputs(index, bitmap, concepts_allowed)
     unary = iou_from_counts(tally.unary_inter, ctx.concept_areas, tally.total)
     return ctx, tally, allowed, unary
 

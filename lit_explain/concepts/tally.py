@@ -40,6 +40,7 @@ __all__ = [
     "extension_counts",
     "iou_from_counts",
     "image_entries",
+    "search_inputs",
 ]
 
 EMPTY, FULL, PARTIAL = 0, 1, 2
@@ -324,6 +325,38 @@ class UnitTally:
     def cooccurrence_row(self, ctx: SearchContext, a: int) -> torch.Tensor:
         """(C,) int64 ``|a ∧ c ∧ A|`` for every c."""
         return _cooc_row(a, self.pixel_pairs, ctx, self.image_inter, self.act_areas)
+
+
+def search_inputs(
+    index: ConceptIndex | SearchContext, bitmap: "torch.Tensor | UnitTally", concepts_allowed: torch.Tensor | None
+) -> tuple[SearchContext, UnitTally, torch.Tensor]:
+    """What every search of one (unit, range) starts from: the context, the unit's tally and the allowed concepts.
+
+    The beam search (:mod:`lit_explain.concepts.search`) and the optimal search (:mod:`lit_explain.concepts.optimal`)
+    take the same loose arguments (a built context or the index, a tally or the bitmap, an optional mask) and
+    normalise them here, so both accept and refuse the same inputs with the same messages.
+
+    Args:
+        index: the concept index, or a :class:`SearchContext` built from it (used as is).
+        bitmap: (N, H) or (N, sh, sw) bool, the unit's active pixels on the mask grid, or its :class:`UnitTally`
+            (used as is).
+        concepts_allowed: (C,) bool (anything ``torch.as_tensor`` turns into one), concepts that may appear in
+            formulas; None = all.
+
+    Returns:
+        ``(ctx, tally, allowed)``; ``allowed`` is (C,) bool.
+
+    Raises:
+        ValueError: ``concepts_allowed`` does not have shape (C,).
+    """
+    ctx = index if isinstance(index, SearchContext) else SearchContext(index)
+    tally = bitmap if isinstance(bitmap, UnitTally) else UnitTally.build(ctx, bitmap)
+    allowed = torch.ones(ctx.num_concepts, dtype=torch.bool)
+    if concepts_allowed is not None:
+        allowed = torch.as_tensor(concepts_allowed, dtype=torch.bool)
+        if allowed.shape != (ctx.num_concepts,):
+            raise ValueError(f"concepts_allowed must have shape ({ctx.num_concepts},), got {tuple(allowed.shape)}")
+    return ctx, tally, allowed
 
 
 @dataclass
