@@ -528,8 +528,9 @@ def _solve(step, X, xx, W, H, max_iter: int, tol: float, sweeps: int):
     Wt = W.transpose(1, 2).contiguous()  # (b, k, n)
     H = H.contiguous()
     err0 = _sq_error(xx, Wt @ X, Wt @ Wt.transpose(1, 2), H).sqrt() / xnorm  # (b,)
-    # the error after every iteration, (b, max_iter + 1), column 0 the start; NaN (not reached) compares false
-    hist = torch.full((nb, max_iter + 1), float("nan"), dtype=err0.dtype, device=X.device)
+    # the errors of the last window + 1 iterations, a ring (b, window + 1): iteration t in column t % (window + 1)
+    ring = _CHECK_WINDOW + 1
+    hist = torch.full((nb, ring), float("nan"), dtype=err0.dtype, device=X.device)
     hist[:, 0] = err0
     stopped_at = torch.full((nb,), max_iter, dtype=torch.long, device=X.device)
     converged = torch.zeros(nb, dtype=torch.bool, device=X.device)
@@ -545,10 +546,10 @@ def _solve(step, X, xx, W, H, max_iter: int, tol: float, sweeps: int):
             break
         sq = step(Xa, xxa, Wa, Ha, live, sweeps)
         err = sq.sqrt() / xnorm[idx]
-        hist[idx, it] = err
+        hist[idx, it % ring] = err
         if it < _CHECK_WINDOW:
             continue
-        done = live & ((hist[idx, it - _CHECK_WINDOW] - err) < _CHECK_WINDOW * tol * err0[idx])
+        done = live & ((hist[idx, (it - _CHECK_WINDOW) % ring] - err) < _CHECK_WINDOW * tol * err0[idx])
         if bool(done.any()):
             converged[idx[done]] = True
             stopped_at[idx[done]] = it
