@@ -199,18 +199,21 @@ class ConceptIndex:
         return pix + self.image_concepts[image_ids].sum(0).to(torch.int64) * self.pixel_size
 
     def image_areas(self) -> torch.Tensor:
-        """(N, C) int32: annotated pixels per (image, concept), image-level labels as H. Cached.
+        """(N, C): annotated pixels per (image, concept), image-level labels as H. Cached.
 
-        Its size grows with N * C; :meth:`concept_areas` gives sums over images without it."""
+        The dtype is the narrowest signed integer type that holds H (int8 up to 127 pixels, int16 up to 32767 (a
+        181x181 grid), else int32): widen before summing. Its size grows with N * C; :meth:`concept_areas` gives
+        sums over images without it."""
         if self._image_areas is None:
             n, c, h = self.num_images, self.num_concepts, self.pixel_size
-            areas = torch.zeros(n, c, dtype=torch.int32)
+            dtype = next(t for t in (torch.int8, torch.int16, torch.int32) if h <= torch.iinfo(t).max)
+            areas = torch.zeros(n, c, dtype=dtype)
             ptr = self.image_ptr
             for s, e in self._image_groups(torch.arange(n), BLOCK, max_images=max(1, BLOCK // max(c, 1))):
                 e0, e1 = int(ptr[s]), int(ptr[e])
                 img = self.pixel_offsets[e0:e1] // h - s
                 flat = torch.bincount(img * c + self.pixel_concepts[e0:e1], minlength=(e - s) * c)
-                areas[s:e] = flat.view(e - s, c).to(torch.int32)
+                areas[s:e] = flat.view(e - s, c).to(dtype)
             areas[self.image_concepts] = h
             self._image_areas = areas
         return self._image_areas

@@ -136,21 +136,29 @@ class SearchContext:
         self.num_concepts = index.num_concepts
         self.pixel_size = index.pixel_size
         self.chunk_pixels = int(chunk_pixels)
-        #: (N, C) int32 per-image concept areas (image-level concepts count H).
+        #: (N, C) per-image concept areas (image-level concepts count H), the index's cached table: the narrowest
+        #: integer dtype that holds H (int8, int16 up to a 181x181 grid, else int32); widen before summing.
         self.image_areas = index.image_areas()
-        #: (C,) int64 total concept areas.
-        self.concept_areas = self.image_areas.sum(0, dtype=torch.int64)
-        #: (C,) bool: concept areas are all 0 or H (image-level concepts, and pixel concepts that happen to be).
-        self.scene_like = ((self.image_areas == 0) | (self.image_areas == self.pixel_size)).all(0)
-        # numpy views for the hot loops (numpy's 1-D gathers are several times faster than torch indexing)
+        #: (C,) int64 total concept areas; (C,) bool: concept areas are all 0 or H (image-level concepts, and pixel
+        #: concepts that happen to be). Both in blocks of rows, so no (N, C) temporary.
+        self.concept_areas = torch.zeros(self.num_concepts, dtype=torch.int64)
+        self.scene_like = torch.ones(self.num_concepts, dtype=torch.bool)
+        step = max(1, (1 << 22) // max(1, self.num_concepts))
+        for s in range(0, self.num_images, step):
+            blk = self.image_areas[s : s + step]
+            self.concept_areas += blk.sum(0, dtype=torch.int64)
+            self.scene_like &= ((blk == 0) | (blk == self.pixel_size)).all(0)
+        # numpy views for the hot loops (numpy's 1-D gathers are several times faster than torch indexing); the
+        # per-entry arrays are the index's own (memory-mapped when it was loaded): no copy of size E
         self.ptr = index.image_ptr.numpy()
         self.offsets = index.pixel_offsets.numpy()
-        self.concepts = index.pixel_concepts.numpy().astype(np.int16 if self.num_concepts < (1 << 15) else np.int32)
+        self.concepts = index.pixel_concepts.numpy()  # int32, shares memory with the index
         self.image_level = index.image_concepts.numpy()
         self.any_image_level = bool(self.image_level.any())
-        #: concepts that are image-level in some image, and their (N, C_img) float64 presence matrix
-        self.level_columns = torch.nonzero(index.image_concepts.any(0)).flatten()
-        self.level_matrix = index.image_concepts[:, self.level_columns].to(torch.float64)
+        #: the image-level labels as (image, concept) pairs, (L,) int32 each, sorted by image (not an (N, C_img)
+        #: matrix: an image carries a handful of them)
+        lvl = torch.nonzero(index.image_concepts).to(torch.int32)
+        self.level_images, self.level_concepts = lvl[:, 0].contiguous(), lvl[:, 1].contiguous()
         #: _chunks reads whole contiguous image blocks when the wanted images fill this fraction of their span
         self.contiguous_fraction = 0.25
         #: most labels on one pixel
@@ -215,7 +223,9 @@ class SearchContext:
     def _concept_postings(self) -> tuple[np.ndarray, np.ndarray]:
         """Concept-major view of the pixel entries: (ptr (C+1,), flat offsets (E,)). Built once (radix sort)."""
         if self._postings is None:
-            order = np.argsort(self.concepts, kind="stable")
+            narrow = self.concepts.astype(np.int16) if self.num_concepts < (1 << 15) else self.concepts
+            order = np.argsort(narrow, kind="stable")  # 16-bit keys: numpy's radix sort (same stable order)
+            del narrow
             ptr = np.zeros(self.num_concepts + 1, dtype=np.int64)
             ptr[1:] = np.cumsum(np.bincount(self.concepts, minlength=self.num_concepts))
             self._postings = (ptr, self.offsets[order])
@@ -261,14 +271,15 @@ def _cooc_row(
     row = torch.from_numpy(pairs[a].copy())
     if not ctx.any_image_level:
         return row
-    cols, lvl = ctx.level_columns, ctx.level_matrix  # concepts image-level somewhere, (N, C_img) float64
-    row[cols] += (per_image[:, a].to(torch.float64) @ lvl).round().to(torch.int64)  # c image-level
+    img, con = ctx.level_images, ctx.level_concepts  # the image-level labels (image i, concept c), exact int64 sums
+    row.index_add_(0, con, per_image[img, a].to(torch.int64))  # c image-level
     in_a = ctx.index.image_concepts[:, a]
     if bool(in_a.any()):
         row += per_image[in_a].sum(0, dtype=torch.int64)  # a image-level: all of c in those images
-        full = float(ctx.pixel_size) * torch.ones(int(in_a.sum()), dtype=torch.float64) if act_areas is None \
-            else act_areas[in_a].to(torch.float64)
-        row[cols] -= (full @ lvl[in_a]).round().to(torch.int64)  # both image-level: counted twice above
+        both = in_a[img]
+        full = torch.full((int(both.sum()),), ctx.pixel_size, dtype=torch.int64) if act_areas is None \
+            else act_areas[img[both]].to(torch.int64)
+        row.index_add_(0, con[both], full, alpha=-1)  # both image-level: counted twice above
     row[a] = int(per_image[:, a].sum())
     return row
 

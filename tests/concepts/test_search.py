@@ -323,3 +323,33 @@ def test_detacc_optimal_search_extends_while_detection_accuracy_grows():
     base_det = float((fb & a).any(1).sum()) / float(fb.any(1).sum())
     assert det >= base_det
     assert not math.isnan(det)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_search_context_copies_nothing_of_the_index(tmp_path, mmap):
+    """The context's per-entry arrays are the index's own (memory-mapped when loaded), its (N, C) area table is
+    the narrowest dtype that holds H, and the image-level labels are kept as pairs, not an (N, C_img) matrix."""
+    import numpy as np
+
+    from lit_explain.concepts.index import ConceptIndex
+
+    for shape, dtype in (((8, 9), torch.int8), ((12, 12), torch.int16)):
+        inst = make_instance(3, shape=shape)
+        inst.index.save(tmp_path / "index.npz")
+        index = ConceptIndex.load(tmp_path / "index.npz", mmap=mmap)
+        ctx = SearchContext(index)
+        n, c = index.num_images, index.num_concepts
+        assert np.shares_memory(ctx.concepts, index.pixel_concepts.numpy())
+        assert np.shares_memory(ctx.offsets, index.pixel_offsets.numpy())
+        assert ctx.concepts.nbytes == index.pixel_concepts.numel() * 4
+        assert ctx.image_areas.dtype == dtype and ctx.image_areas.nbytes == n * c * dtype.itemsize
+        assert ctx.image_areas is index.image_areas()
+        assert torch.equal(ctx.image_areas.long(), inst.dense.sum(-1))
+        assert torch.equal(ctx.concept_areas, inst.dense.sum((0, 2)))
+        assert ctx.level_images.numel() == ctx.level_concepts.numel() == int(inst.image_level.sum())
+        held = [v for v in vars(ctx).values() if isinstance(v, (torch.Tensor, np.ndarray))]
+        assert not any(v.dtype in (torch.float64, np.float64) for v in held)
+        # the co-occurrence rows (image-level corrections included) still equal the dense counts
+        d = inst.dense.long()
+        for a in range(c):
+            assert torch.equal(ctx.cooccurrence_row(a), (d[:, a : a + 1] * d).sum((0, 2)))
