@@ -223,7 +223,7 @@ def nndsvd_init(
         n_rows: (B,) rows each class owns (default: all n).
         fill: fill the zeros with the class's mean entry (``nndsvda``) rather than leave them (``nndsvd``).
         seed: seed of the randomized SVD's test matrix.
-        svd: how the top singular triplets are found: ``auto``, ``gram`` or ``randomized`` (see
+        svd: how the top singular triplets are found: ``auto``, ``gram``, ``eigh`` or ``randomized`` (see
             :func:`_top_singular`).
 
     Returns:
@@ -368,7 +368,7 @@ def batched_nmf(
     sweeps: int = 2,
     block_bytes: int | None = None,
 ) -> NMFResult:
-    """Factorise every class X[b] ≈ W[b] H[b] with non-negative factors, all classes at once.
+    """Factorise every class X[b] ≈ W[b] H[b] with non-negative factors, batched over classes (in cache-sized blocks).
 
     Args:
         X: (B, n, C) non-negative float; class b owns rows ``[:n_rows[b]]`` (the rest is ignored).
