@@ -5,8 +5,8 @@ Methods that split their work into many independent jobs (one (unit, range) sear
 a person (``u00012_r3``), ``digest`` hashes the job's *spec*: a JSON-able dict of every input and setting the
 result depends on (cache keys of the activations and the annotations, the unit, the range, the search
 settings, the seed, ...) and the source code that computes it (:func:`code_digest`, so that a stored job
-is not read back by a version of the library that would compute it differently). A rerun after an interruption loads the files whose spec matches instead of
-recomputing, so it produces the same table; a changed setting changes the digest, so a stale file is never
+is not read back by a version of the library that would compute it differently). A rerun after an
+interruption loads the files whose spec matches instead of recomputing, so it produces the same table; a changed setting changes the digest, so a stale file is never
 reused. Files are written atomically (:func:`lit_explain.atomic.atomic_write_json`): a killed run leaves whole
 files or none, and concurrent DDP ranks, which write disjoint jobs, never collide.
 """
