@@ -520,9 +520,12 @@ class NMFConcepts(LayerMethod):
         offsets = torch.tensor([float(o) for o in hp.shift_offsets], dtype=torch.float64)
         nonzero = (offsets != 0).nonzero().flatten()
         rows, contrast_maps = [], []
-        for a, b in pairs:
+        for i, (a, b) in enumerate(pairs):
             ia, ib = members.index(a), members.index(b)
-            row = {"class_a": a, "name_a": names[a], "class_b": b, "name_b": names[b],
+            # ``pair``: the position among the configured pairs, which keys the pair (in report.html too) even when
+            # one pair is configured twice, and joins its row to its contrastive components
+            row = {"pair": i, "pair_name": f"{names[a]} vs {names[b]}", "class_a": a, "name_a": names[a],
+                   "class_b": b, "name_b": names[b],
                    "images_a": len(selected.get(a, [])), "images_b": len(selected.get(b, [])),
                    "vectors_a": int(counts[ia]), "vectors_b": int(counts[ib])}
             if int(counts[ia]) == 0 or int(counts[ib]) == 0:
@@ -561,7 +564,7 @@ class NMFConcepts(LayerMethod):
         shares = component_shares(res.W, res.H)
         out = []
         for b, (r, _) in enumerate(maps):
-            pair = {k: rows[r][k] for k in ("class_a", "name_a", "class_b", "name_b")}
+            pair = {k: rows[r][k] for k in ("pair", "class_a", "name_a", "class_b", "name_b")}
             if b in res.skipped:
                 out.append({**pair, "component": -1, "status": f"skipped: {res.skipped[b]}"})
                 continue
@@ -770,7 +773,7 @@ class NMFConcepts(LayerMethod):
         meta = self.run_meta() | {"skipped": {names[c]: why for c, why in sorted(skipped.items())},
                                   "prediction_test": summary_vals, "class_names": names}
         tables = {"components": comp_rows, "classes": class_rows_}
-        contrast_rows, contrastive_rows = self.pair_keys(contrast_rows, getattr(self, "contrastive_rows", None) or [])
+        contrastive_rows = getattr(self, "contrastive_rows", None) or []
         if contrast_rows:
             tables["contrasts"] = contrast_rows
         if contrastive_rows:
@@ -779,25 +782,6 @@ class NMFConcepts(LayerMethod):
                             report=self.report_views(tables),
                             data={"components": self.components, "classes": fitted, "selected": selected,
                                   "predictions": preds, "prediction_test": summary_vals})
-
-    @staticmethod
-    def pair_keys(contrast_rows: list[dict[str, Any]], contrastive_rows: list[dict[str, Any]]
-                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The contrast tables with a ``pair`` column first: the pair's position among the configured ``pairs``
-        (the rows of ``contrasts`` are in that order), which joins a pair's row to its contrastive components and
-        keys it in report.html even when one pair is configured twice; ``contrasts`` also gets ``pair_name``
-        ("A vs B"). A contrastive component row goes to the first pair of its two classes that has no row of its
-        component number yet (a pair's components are numbered 0..k-1, -1 for a skipped NMF)."""
-        keyed = [{"pair": i, "pair_name": f"{r['name_a']} vs {r['name_b']}", **r} for i, r in enumerate(contrast_rows)]
-        taken: set[tuple[int, Any]] = set()
-        out = []
-        for r in contrastive_rows:
-            same = [p["pair"] for p in keyed if (p["class_a"], p["class_b"]) == (r["class_a"], r["class_b"])]
-            free = [i for i in same if (i, r.get("component")) not in taken]
-            i = (free or same or [-1])[0]
-            taken.add((i, r.get("component")))
-            out.append({"pair": i, **r})
-        return keyed, out
 
     @staticmethod
     def report_views(tables: dict[str, list[dict[str, Any]]]) -> tuple[ReportView, ...]:

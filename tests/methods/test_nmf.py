@@ -109,6 +109,9 @@ def test_tables_pictures_and_tests(fitted):
     # "why red_blue rather than green_yellow": the main contrastive components load on red or blue
     rows = read_csv(out / "contrastive_components.csv")
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    # rows keyed by the pair's position among the configured pairs (one pair here)
+    assert contrast["pair"] == "0" and contrast["pair_name"] == f"{contrast['name_a']} vs {contrast['name_b']}"
+    assert all(r["pair"] == "0" and r["class_a"] == contrast["class_a"] for r in rows)
     main = sorted(rows, key=lambda r: -float(r["share"]))[:2]
     assert {NMF_UNITS[int(r["top_units"].split()[0])] for r in main} <= {"red", "blue"}
 

@@ -368,14 +368,15 @@ SKIPPED_PAIR = "skipped: a class of the pair has no selected images or no releva
 
 
 def _contrast_input():
-    """The contrast rows and contrastive component rows as NMFConcepts.contrasts() hands them to _result (no pair
-    key): the pair HOSTILE vs cat had its contrastive NMF skipped (one row, component -1)."""
+    """The contrast rows and contrastive component rows as NMFConcepts.contrasts() hands them to _result (keyed by
+    the pair's position among the configured pairs): the pair HOSTILE vs cat had its contrastive NMF skipped (one
+    row, component -1)."""
     name = {c: n for c, n, *_ in NMF_CLASSES}
     contrasts, contrastive = [], []
-    for a, b, acc, pb0, pbmax, off, pa, ins in NMF_PAIRS:
-        row = {"class_a": a, "name_a": name[a], "class_b": b, "name_b": name[b], "images_a": 5, "images_b": 5,
-               "vectors_a": 40, "vectors_b": 0 if acc is None else 36}
-        pair = {k: row[k] for k in ("class_a", "name_a", "class_b", "name_b")}
+    for i, (a, b, acc, pb0, pbmax, off, pa, ins) in enumerate(NMF_PAIRS):
+        row = {"pair": i, "pair_name": f"{name[a]} vs {name[b]}", "class_a": a, "name_a": name[a], "class_b": b,
+               "name_b": name[b], "images_a": 5, "images_b": 5, "vectors_a": 40, "vectors_b": 0 if acc is None else 36}
+        pair = {k: row[k] for k in ("pair", "class_a", "name_a", "class_b", "name_b")}
         if acc is None:
             contrasts.append({**row, "status": SKIPPED_PAIR})
             continue
@@ -408,29 +409,22 @@ def _contrast_report(tmp_path: Path, contrastive: bool = True) -> tuple[Path, li
 
     _, tables = _nmf_report(tmp_path)
     contrasts, parts = _contrast_input()
-    keyed, keyed_parts = NMFConcepts.pair_keys(contrasts, parts if contrastive else [])
-    tables["contrasts"] = keyed
-    if keyed_parts:
-        tables["contrastive_components"] = keyed_parts
+    tables["contrasts"] = contrasts
+    if contrastive:
+        tables["contrastive_components"] = parts
     result = MethodResult(tables=tables, report=NMFConcepts.report_views(tables))
     drawn = [r["prototype_picture"] for r in tables["components"]]
     return write_view_report(tmp_path, tables, result.report, _meta("NMFConcepts"), drawn), contrasts, parts
 
 
-def test_contrast_rows_get_a_pair_key_even_for_a_pair_configured_twice():
+def test_contrast_views_fit_all_skipped_pairs_and_no_pairs():
     from lit_explain.methods.nmf import NMFConcepts
 
-    contrasts, parts = _contrast_input()
-    keyed, keyed_parts = NMFConcepts.pair_keys(contrasts, parts)
-    assert [r["pair"] for r in keyed] == list(range(len(NMF_PAIRS)))
-    assert [{k: v for k, v in r.items() if k not in ("pair", "pair_name")} for r in keyed] == contrasts
-    # pair 3 repeats pair 0: each gets its own copy of the components, none lands on the skipped pair 2
-    assert [(r["pair"], r["component"]) for r in keyed_parts] == [(0, 0), (0, 1), (1, -1), (3, 0), (3, 1)]
-    assert [{k: v for k, v in r.items() if k != "pair"} for r in keyed_parts] == parts
+    contrasts, _ = _contrast_input()
     # every pair skipped: no figures in any row, the views still fit (columns offered only where some row has them)
-    skipped = [{k: r[k] for k in ("class_a", "name_a", "class_b", "name_b")} | {"status": SKIPPED_PAIR}
-               for r in contrasts]
-    tables = {"components": [], "classes": [], "contrasts": NMFConcepts.pair_keys(skipped, [])[0]}
+    skipped = [{k: r[k] for k in ("pair", "pair_name", "class_a", "name_a", "class_b", "name_b")}
+               | {"status": SKIPPED_PAIR} for r in contrasts]
+    tables = {"components": [], "classes": [], "contrasts": skipped}
     views = NMFConcepts.report_views(tables)
     assert [v.name for v in views] == ["classes", "contrasts"] and views[1].table == "contrasts"
     check_views(views, tables)
